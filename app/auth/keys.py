@@ -1,0 +1,96 @@
+"""API keys with roles; one dependency guards every /api/v1 route.
+
+A key reads ``sb_<key_id>_<secret>``. The key_id finds the row; the secret is compared by its
+SHA-256 in constant time. Keys carry 256 bits of entropy, so a fast hash is the right hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from fastapi import Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.models import ApiKey
+from app.db import SessionDep
+from app.problems import ProblemError
+
+
+class Role(StrEnum):
+    admin = "admin"
+    ops = "ops"
+    supervisor = "supervisor"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    role: Role
+    name: str
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _split(token: str) -> tuple[str, str] | None:
+    prefix, _, rest = token.partition("_")
+    key_id, _, secret = rest.partition("_")
+    if prefix != "sb" or not key_id or not secret:
+        return None
+    return key_id, secret
+
+
+async def create_api_key(session: AsyncSession, *, role: Role, name: str, now: datetime) -> str:
+    """Store a new key and return its plaintext (shown once)."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    session.add(ApiKey(key_id=key_id, key_hash=_hash(secret), role=role.value, name=name, created_at=now))
+    await session.commit()
+    return f"sb_{key_id}_{secret}"
+
+
+async def authenticate(session: AsyncSession, token: str) -> Principal | None:
+    parts = _split(token)
+    if parts is None:
+        return None
+    key_id, secret = parts
+    row = (await session.execute(select(ApiKey).where(ApiKey.key_id == key_id))).scalar_one_or_none()
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, _hash(secret)):
+        return None
+    return Principal(row.key_id, Role(row.role), row.name)
+
+
+def require_role(*allowed: Role) -> Callable[[Request, AsyncSession], Awaitable[Principal]]:
+    """Dependency: 401 without a valid key, 403 when its role is not allowed (admin always is)."""
+
+    async def dependency(request: Request, session: SessionDep) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            token = request.headers.get("x-api-key", "")
+        principal = await authenticate(session, token.strip()) if token else None
+        if principal is None:
+            raise ProblemError(401, "Unauthorized", "A valid API key is required (Authorization: Bearer sb_...).")
+        if principal.role is not Role.admin and principal.role not in allowed:
+            raise ProblemError(
+                403,
+                "Forbidden",
+                f"Role {principal.role.value!r} may not use this endpoint.",
+                allowed=[r.value for r in allowed],
+            )
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

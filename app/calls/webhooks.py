@@ -1,0 +1,106 @@
+"""Twilio voice webhooks: signed form POSTs answered with TwiML."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import structlog
+from fastapi import APIRouter, Request, Response
+from starlette.datastructures import FormData
+from twilio.request_validator import RequestValidator
+
+from app.archive.service import record_call_event
+from app.core import twiml
+from app.core.stream_token import issue_stream_token
+from app.problems import ProblemError
+from app.runtime import Runtime
+
+router = APIRouter(prefix="/twilio", tags=["twilio"])
+log = structlog.get_logger()
+
+TWIML = "application/xml"
+APOLOGY = "We're sorry, we could not continue this call. Please call back in a moment. Goodbye."
+
+
+def public_url(rt: Runtime, request: Request) -> str:
+    """The URL Twilio signed: our public base + the path (+ query), not the proxy-facing URL."""
+    url = rt.settings.public_base_url + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    return url
+
+
+async def signed_form(request: Request) -> FormData:
+    rt: Runtime = request.app.state.runtime
+    form = await request.form()
+    signature = request.headers.get("x-twilio-signature", "")
+    validator = RequestValidator(rt.settings.twilio_auth_token.get_secret_value())
+    if not signature or not validator.validate(public_url(rt, request), form, signature):
+        rt.metrics.webhooks_rejected.labels(request.url.path).inc()
+        raise ProblemError(
+            403, "Invalid Twilio signature", "X-Twilio-Signature does not match this request's URL and parameters."
+        )
+    return form
+
+
+def _field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def stream_twiml(rt: Runtime, *, call_sid: str, direction: str, extra: dict[str, str] | None = None) -> str:
+    token = issue_stream_token(
+        secret=rt.settings.stream_secret, call_sid=call_sid, now_s=time.time(), ttl_s=rt.settings.stream_token_ttl_s
+    )
+    params = {"token": token, "direction": direction, **(extra or {})}
+    return twiml.connect_stream(
+        stream_url=rt.settings.public_ws_base + "/twilio/media",
+        parameters=params,
+        resume_url=rt.settings.public_base_url + "/twilio/resume",
+    )
+
+
+@router.post("/voice")
+async def voice(request: Request) -> Response:
+    """Incoming call: remember it and connect its audio to our media socket."""
+    rt: Runtime = request.app.state.runtime
+    form = await signed_form(request)
+    call_sid = _field(form, "CallSid")
+    if not call_sid.startswith("CA"):
+        raise ProblemError(400, "Missing CallSid", "The webhook carried no CallSid.")
+    direction = "inbound" if _field(form, "Direction") in ("", "inbound") else "outbound"
+    await rt.call_store.put_meta(
+        call_sid,
+        {
+            "call_sid": call_sid,
+            "direction": direction,
+            "from": _field(form, "From"),
+            "to": _field(form, "To"),
+            "webhook_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    log.info("call.webhook", call_sid=call_sid, direction=direction)
+    return Response(stream_twiml(rt, call_sid=call_sid, direction=direction), media_type=TWIML)
+
+
+@router.post("/resume")
+async def resume(request: Request) -> Response:
+    """Twilio runs this after our server closes the stream. The resilience issue resumes the call here."""
+    form = await signed_form(request)
+    log.info("call.resume_requested", call_sid=_field(form, "CallSid"))
+    return Response(twiml.apologise_and_hang_up(APOLOGY), media_type=TWIML)
+
+
+@router.post("/status", status_code=204)
+async def status(request: Request) -> Response:
+    """Call status callbacks: recorded as call events."""
+    rt: Runtime = request.app.state.runtime
+    form = await signed_form(request)
+    call_sid = _field(form, "CallSid")
+    keep = ("CallStatus", "CallDuration", "Direction", "Timestamp", "SequenceNumber", "AnsweredBy", "ErrorCode")
+    detail = {k: _field(form, k) for k in keep if _field(form, k)}
+    await record_call_event(
+        rt.sessionmaker, call_sid=call_sid, kind="status_callback", detail=detail, at=datetime.now(UTC)
+    )
+    return Response(status_code=204)

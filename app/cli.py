@@ -1,0 +1,114 @@
+"""The ``switchboard`` command: serve, migrate, create-api-key, emulator, simulate-call."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import Settings
+
+cli = typer.Typer(help="Switchboard: Twilio calls bridged to the OpenAI Realtime API.", no_args_is_help=True)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default HOST or 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default PORT or 8000)")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the HTTP and WebSocket server."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if workers > 1:
+        typer.echo("Use one process per node behind a load balancer; --workers > 1 is not supported.", err=True)
+        raise typer.Exit(2)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        ws_max_size=4 * 1024 * 1024,
+        ws_per_message_deflate=False,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@cli.command()
+def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply database migrations (Alembic) up to REVISION."""
+    from app.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings.effective_database_url, revision)
+    typer.echo(f"database at {revision}: {settings.effective_database_url}")
+
+
+@cli.command("create-api-key")
+def create_api_key_cmd(
+    role: Annotated[str, typer.Option(help="admin | ops | supervisor")],
+    name: Annotated[str, typer.Option(help="Who or what holds the key")] = "cli",
+) -> None:
+    """Create an API key and print it once."""
+    from app.auth.keys import Role, create_api_key, utcnow
+    from app.db import make_engine, make_sessionmaker
+    from app.models import import_all_models
+
+    try:
+        role_value = Role(role)
+    except ValueError:
+        typer.echo(f"unknown role {role!r}: choose admin, ops or supervisor", err=True)
+        raise typer.Exit(2) from None
+    import_all_models()
+    settings = Settings()
+
+    async def run() -> str:
+        engine = make_engine(settings.effective_database_url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return await create_api_key(session, role=role_value, name=name, now=utcnow())
+        finally:
+            await engine.dispose()
+
+    typer.echo(asyncio.run(run()))
+
+
+@cli.command()
+def emulator(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8765,
+) -> None:
+    """Run the local OpenAI Realtime (GA) emulator."""
+    from app.emulator.server import EmulatorConfig, serve_forever
+
+    typer.echo(f"Realtime emulator on ws://{host}:{port}/v1")
+    asyncio.run(serve_forever(host, port, EmulatorConfig()))
+
+
+@cli.command("simulate-call")
+def simulate_call_cmd(
+    wav: Annotated[Path | None, typer.Option(help="Caller audio (any WAV)")] = None,
+    say: Annotated[list[str] | None, typer.Option(help="Caller words, one turn per --say")] = None,
+    server: Annotated[str, typer.Option(help="Where the server listens")] = "http://127.0.0.1:8000",
+    out: Annotated[Path, typer.Option(help="Where to save the agent's audio")] = Path("var/agent.wav"),
+    max_duration: Annotated[float, typer.Option(help="Seconds before hanging up")] = 30.0,
+) -> None:
+    """Play Twilio against a running server: signed webhook, media stream, marks; print the transcript."""
+    from app.simulator.cli import run_simulated_call
+
+    raise typer.Exit(
+        asyncio.run(
+            run_simulated_call(Settings(), wav=wav, say=say or [], server=server, out=out, max_duration_s=max_duration)
+        )
+    )
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,86 @@
+"""Caller and agent audio paths: G.711 mu-law with audioop, soxr streams for rate changes.
+
+One stateful ``soxr.ResampleStream`` per direction per call keeps the filter history across
+20 ms frames; resampling each frame on its own would click at every frame boundary.
+"""
+
+from __future__ import annotations
+
+import audioop
+from typing import Literal
+
+import numpy as np
+import soxr
+
+AudioFormat = Literal["pcm24k", "pcmu"]
+
+TWILIO_RATE = 8000
+REALTIME_PCM_RATE = 24000
+MULAW_BYTES_PER_MS = 8  # 8 kHz, one byte per sample
+PCM24K_BYTES_PER_MS = 48  # 24 kHz, two bytes per sample
+
+
+def mulaw_to_pcm16(mulaw: bytes) -> bytes:
+    return audioop.ulaw2lin(mulaw, 2)
+
+
+def pcm16_to_mulaw(pcm: bytes) -> bytes:
+    return audioop.lin2ulaw(pcm, 2)
+
+
+class CallerAudioPath:
+    """Twilio mu-law 8 kHz -> the Realtime input format, continuous across frames."""
+
+    __slots__ = ("_stream", "samples_in", "samples_out")
+
+    def __init__(self, audio_format: AudioFormat) -> None:
+        self._stream = (
+            soxr.ResampleStream(TWILIO_RATE, REALTIME_PCM_RATE, 1, dtype="int16", quality="HQ")
+            if audio_format == "pcm24k"
+            else None
+        )
+        self.samples_in = 0
+        self.samples_out = 0
+
+    @property
+    def delay_samples(self) -> int:
+        """Fixed delay of the stream resampler, in output samples."""
+        return int(self._stream.delay()) if self._stream is not None else 0
+
+    def convert(self, mulaw: bytes) -> bytes:
+        self.samples_in += len(mulaw)
+        if self._stream is None:
+            self.samples_out += len(mulaw)
+            return mulaw
+        pcm8 = np.frombuffer(audioop.ulaw2lin(mulaw, 2), dtype=np.int16)
+        out = self._stream.resample_chunk(pcm8)
+        self.samples_out += len(out)
+        data: bytes = out.tobytes()
+        return data
+
+
+class AgentAudioPath:
+    """The Realtime output format -> Twilio mu-law 8 kHz, continuous across deltas."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, audio_format: AudioFormat) -> None:
+        self._stream = (
+            soxr.ResampleStream(REALTIME_PCM_RATE, TWILIO_RATE, 1, dtype="int16", quality="HQ")
+            if audio_format == "pcm24k"
+            else None
+        )
+
+    def convert(self, audio: bytes) -> bytes:
+        if self._stream is None:
+            return audio
+        if len(audio) & 1:
+            audio = audio[:-1]
+        pcm8 = self._stream.resample_chunk(np.frombuffer(audio, dtype=np.int16))
+        return audioop.lin2ulaw(pcm8.tobytes(), 2)
+
+
+def upstream_ms(audio_format: AudioFormat, n_bytes: int) -> float:
+    """Duration of ``n_bytes`` of audio in the Realtime format."""
+    per_ms = PCM24K_BYTES_PER_MS if audio_format == "pcm24k" else MULAW_BYTES_PER_MS
+    return n_bytes / per_ms

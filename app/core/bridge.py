@@ -1,0 +1,529 @@
+"""The call bridge: one pure state machine between Twilio's media stream and a Realtime session.
+
+``CallBridge.handle(event, now_ms) -> list[Command]``, synchronous and free of I/O, in the manner
+of h11 and websockets' sans-I/O protocols. The socket glue (app/calls/media.py) feeds it events
+from both sockets and carries out the commands; a unit test can replay a whole call with plain
+values. Time is always passed in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.core import realtime_events as rt
+from app.core.audio import AgentAudioPath, AudioFormat, CallerAudioPath, upstream_ms
+from app.core.playback import PlaybackTracker
+from app.core.tools import END_CALL, HANDOFF_INSTRUCTIONS, TRANSFER_TO_HUMAN
+from app.core.twilio_media import (
+    DtmfReceived,
+    MarkAcknowledged,
+    MediaReceived,
+    StreamConnected,
+    StreamStarted,
+    StreamStopped,
+    TwilioOutbound,
+)
+
+# --- events the glue feeds in besides Twilio's and the Realtime server's -------------------
+
+
+@dataclass(slots=True)
+class UpstreamReady:
+    """The Realtime socket is open; session.update may be sent."""
+
+
+@dataclass(slots=True)
+class ToolFinished:
+    call_id: str
+    name: str
+    output: str
+    ok: bool
+
+
+@dataclass(slots=True)
+class Tick:
+    """Periodic clock tick so deadlines fire without a frame arriving."""
+
+
+# --- commands the glue carries out ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SendToTwilio:
+    text: str
+
+
+@dataclass(slots=True)
+class SendToRealtime:
+    data: bytes
+
+
+@dataclass(slots=True)
+class RunTool:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(slots=True)
+class HangUp:
+    reason: str
+
+
+@dataclass(slots=True)
+class TransferCall:
+    number: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    seq: int
+    speaker: str  # "caller" | "agent"
+    text: str
+    offset_ms: int
+    interrupted: bool = False
+    item_id: str | None = None
+
+
+@dataclass(slots=True)
+class SaveTranscript:
+    line: TranscriptLine
+
+
+@dataclass(slots=True)
+class RecordCallEvent:
+    kind: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+Command = SendToTwilio | SendToRealtime | RunTool | HangUp | TransferCall | SaveTranscript | RecordCallEvent
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    session: rt.SessionSettings
+    greeting_instructions: str
+    transfer_number: str | None = None
+    custom_tools: frozenset[str] = frozenset()
+    mark_interval_bytes: int = 160  # a mark after every 20 ms of agent audio
+    max_buffered_frames: int = 150  # caller audio held while upstream is not ready (3 s)
+    end_action_grace_ms: int = 15_000  # hang up/transfer even if Twilio never echoes the last mark
+    handoff_instructions: str = HANDOFF_INSTRUCTIONS
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        return self.session.audio_format
+
+
+@dataclass(slots=True)
+class _AgentItem:
+    item_id: str
+    response_id: str
+    offset_ms: int
+    upstream_bytes: int = 0
+    transcript_parts: list[str] = field(default_factory=list)
+    transcript: str | None = None
+    audio_done: bool = False
+    finalized: bool = False
+
+
+def cut_transcript(text: str, heard_ms: int, total_ms: float) -> str:
+    """The part of ``text`` the caller heard, assuming speech evenly spread over ``total_ms``."""
+    if total_ms <= 0 or heard_ms >= total_ms:
+        return text
+    keep = int(len(text) * max(0.0, heard_ms / total_ms))
+    if keep >= len(text):
+        return text
+    head = text[:keep]
+    if keep < len(text) and not text[keep].isspace() and " " in head:
+        head = head[: head.rfind(" ")]
+    return head.rstrip()
+
+
+class CallBridge:
+    """Decides everything about one call; see the module docstring."""
+
+    def __init__(self, config: BridgeConfig, *, started_at_ms: int) -> None:
+        self.config = config
+        self.started_at_ms = started_at_ms
+        self.call_sid: str | None = None
+        self.stream_sid: str | None = None
+        self.custom_parameters: dict[str, str] = {}
+        self._twilio: TwilioOutbound | None = None
+        self._caller_audio = CallerAudioPath(config.audio_format)
+        self._agent_audio = AgentAudioPath(config.audio_format)
+        self.playback = PlaybackTracker()
+        self.upstream_ready = False
+        self._held_audio: deque[bytes] = deque(maxlen=config.max_buffered_frames)
+        self.frames_in = 0
+        self.frames_dropped = 0
+
+        # response sequencing
+        self._server_response: str | None = None
+        self._create_inflight: str | None = None
+        self._create_seq = 0
+        self._sent_creates: dict[str, str | None] = {}
+        self._queued_creates: deque[str | None] = deque()
+        self._muted_responses: set[str] = set()
+        self._function_calls: dict[str, list[rt.FunctionCallReady]] = {}
+        self.tools_running = 0
+
+        # agent audio and transcript
+        self._items: dict[str, _AgentItem] = {}
+        self._out_item: str | None = None
+        self._out_buf = bytearray()
+        self._speech_offsets: dict[str, int] = {}
+        self._line_seq = 0
+        self.usage: list[dict[str, Any]] = []
+
+        # pending end of call
+        self._end_action: HangUp | TransferCall | None = None
+        self._end_deadline_ms = 0
+        self.ended = False
+
+        self._dispatch: dict[type, Callable[[Any, int], list[Command]]] = {
+            MediaReceived: self._on_media,
+            rt.AudioDelta: self._on_audio_delta,
+            MarkAcknowledged: self._on_mark,
+            rt.TranscriptDelta: self._on_transcript_delta,
+            rt.SpeechStarted: self._on_speech_started,
+            rt.SpeechStopped: self._ignore,
+            rt.ResponseCreated: self._on_response_created,
+            rt.ResponseDone: self._on_response_done,
+            rt.AudioDone: self._on_audio_done,
+            rt.TranscriptDone: self._on_transcript_done,
+            rt.InputTranscribed: self._on_input_transcribed,
+            rt.FunctionCallReady: self._on_function_call,
+            rt.RealtimeError: self._on_error,
+            rt.SessionUpdated: self._ignore,
+            rt.OtherServerEvent: self._ignore,
+            StreamStarted: self._on_start,
+            StreamConnected: self._ignore,
+            DtmfReceived: self._on_dtmf,
+            StreamStopped: self._on_stop,
+            UpstreamReady: self._on_upstream_ready,
+            ToolFinished: self._on_tool_finished,
+            Tick: self._on_tick,
+        }
+
+    # -- entry point ----------------------------------------------------------------------
+
+    def handle(self, event: object, now_ms: int) -> list[Command]:
+        return self._dispatch[type(event)](event, now_ms)
+
+    def _ignore(self, event: object, now_ms: int) -> list[Command]:
+        return []
+
+    def _offset(self, now_ms: int) -> int:
+        return max(0, now_ms - self.started_at_ms)
+
+    # -- Twilio side ----------------------------------------------------------------------
+
+    def _on_start(self, ev: StreamStarted, now_ms: int) -> list[Command]:
+        self.call_sid = ev.call_sid
+        self.stream_sid = ev.stream_sid
+        self.custom_parameters = ev.custom_parameters
+        self._twilio = TwilioOutbound(ev.stream_sid)
+        return [RecordCallEvent("stream_started", {"stream_sid": ev.stream_sid})]
+
+    def _on_media(self, ev: MediaReceived, now_ms: int) -> list[Command]:
+        self.frames_in += 1
+        audio = self._caller_audio.convert(ev.payload)
+        if not self.upstream_ready:
+            if len(self._held_audio) == self._held_audio.maxlen:
+                self.frames_dropped += 1
+            self._held_audio.append(audio)
+            return []
+        return [SendToRealtime(rt.audio_append(audio))]
+
+    def _on_dtmf(self, ev: DtmfReceived, now_ms: int) -> list[Command]:
+        out: list[Command] = [
+            RecordCallEvent("dtmf", {"digit": ev.digit}),
+            SendToRealtime(rt.user_text(f"[The caller pressed the key {ev.digit} on their phone keypad.]")),
+        ]
+        self._request_response(None, out)
+        return out
+
+    def _on_mark(self, ev: MarkAcknowledged, now_ms: int) -> list[Command]:
+        item_id = self.playback.mark_acknowledged(ev.name)
+        out: list[Command] = []
+        if item_id is not None:
+            item = self._items.get(item_id)
+            if item is not None and item.audio_done and item.transcript is not None:
+                self._finalize_if_played(item, out)
+        self._maybe_end(now_ms, out)
+        return out
+
+    def _on_stop(self, ev: StreamStopped, now_ms: int) -> list[Command]:
+        out: list[Command] = [RecordCallEvent("stream_stopped", {})]
+        self.finish(out)
+        return out
+
+    def finish(self, out: list[Command]) -> None:
+        """Write what remains of the transcript: unfinished agent lines cut to what was heard."""
+        for item in list(self._items.values()):
+            if item.finalized:
+                continue
+            text = item.transcript if item.transcript is not None else "".join(item.transcript_parts)
+            heard = self.playback.played_ms(item.item_id)
+            total = upstream_ms(self.config.audio_format, item.upstream_bytes)
+            self._emit_agent_line(item, text, heard, total, out)
+
+    # -- Realtime side --------------------------------------------------------------------
+
+    def _on_upstream_ready(self, ev: UpstreamReady, now_ms: int) -> list[Command]:
+        self.upstream_ready = True
+        out: list[Command] = [SendToRealtime(rt.session_update(self.config.session))]
+        if not self._items and self._line_seq == 0:
+            self._request_response(self.config.greeting_instructions, out)
+        while self._held_audio:
+            out.append(SendToRealtime(rt.audio_append(self._held_audio.popleft())))
+        return out
+
+    def _on_audio_delta(self, ev: rt.AudioDelta, now_ms: int) -> list[Command]:
+        if ev.response_id in self._muted_responses or self._twilio is None:
+            return []
+        item = self._items.get(ev.item_id)
+        out: list[Command] = []
+        if item is None:
+            item = _AgentItem(ev.item_id, ev.response_id, self._offset(now_ms))
+            self._items[ev.item_id] = item
+        item.upstream_bytes += len(ev.audio)
+        if self._out_item != ev.item_id:
+            self._flush_agent_audio(out)
+            self._out_item = ev.item_id
+        buf = self._out_buf
+        buf += self._agent_audio.convert(ev.audio)
+        step = self.config.mark_interval_bytes
+        if len(buf) >= step:
+            twilio = self._twilio
+            n = len(buf) - len(buf) % step
+            for i in range(0, n, step):
+                chunk = bytes(buf[i : i + step])
+                out.append(SendToTwilio(twilio.media(chunk)))
+                out.append(SendToTwilio(twilio.mark(self.playback.audio_sent(ev.item_id, step))))
+            del buf[:n]
+        return out
+
+    def _flush_agent_audio(self, out: list[Command]) -> None:
+        if self._out_buf and self._out_item is not None and self._twilio is not None:
+            out.append(SendToTwilio(self._twilio.media(bytes(self._out_buf))))
+            out.append(SendToTwilio(self._twilio.mark(self.playback.audio_sent(self._out_item, len(self._out_buf)))))
+        self._out_buf.clear()
+
+    def _on_audio_done(self, ev: rt.AudioDone, now_ms: int) -> list[Command]:
+        out: list[Command] = []
+        if ev.item_id == self._out_item:
+            self._flush_agent_audio(out)
+        item = self._items.get(ev.item_id)
+        if item is not None:
+            item.audio_done = True
+            self._finalize_if_played(item, out)
+        return out
+
+    def _on_transcript_delta(self, ev: rt.TranscriptDelta, now_ms: int) -> list[Command]:
+        item = self._items.get(ev.item_id)
+        if item is None:
+            item = _AgentItem(ev.item_id, ev.response_id, self._offset(now_ms))
+            self._items[ev.item_id] = item
+        item.transcript_parts.append(ev.delta)
+        return []
+
+    def _on_transcript_done(self, ev: rt.TranscriptDone, now_ms: int) -> list[Command]:
+        item = self._items.get(ev.item_id)
+        if item is None:
+            item = _AgentItem(ev.item_id, ev.response_id, self._offset(now_ms))
+            self._items[ev.item_id] = item
+        item.transcript = ev.transcript
+        out: list[Command] = []
+        if item.upstream_bytes == 0:
+            item.audio_done = True
+        self._finalize_if_played(item, out)
+        return out
+
+    def _finalize_if_played(self, item: _AgentItem, out: list[Command]) -> None:
+        if item.finalized or item.transcript is None or not item.audio_done:
+            return
+        if item.item_id == self._out_item and self._out_buf:
+            return
+        if not self.playback.drained(item.item_id):
+            return
+        total = upstream_ms(self.config.audio_format, item.upstream_bytes)
+        self._emit_agent_line(item, item.transcript, int(total), total, out)
+
+    def _emit_agent_line(self, item: _AgentItem, text: str, heard_ms: int, total_ms: float, out: list[Command]) -> None:
+        item.finalized = True
+        self.playback.forget(item.item_id)
+        interrupted = item.upstream_bytes > 0 and heard_ms < total_ms - 20
+        spoken = cut_transcript(text, heard_ms, total_ms) if interrupted else text
+        if not spoken and not interrupted:
+            return
+        self._line_seq += 1
+        line = TranscriptLine(self._line_seq, "agent", spoken, item.offset_ms, interrupted, item.item_id)
+        out.append(SaveTranscript(line))
+
+    def _on_speech_started(self, ev: rt.SpeechStarted, now_ms: int) -> list[Command]:
+        self._speech_offsets[ev.item_id] = self._offset(now_ms)
+        if not self.playback.unplayed and not self._out_buf:
+            return []
+        out: list[Command] = []
+        assert self._twilio is not None
+        out.append(SendToTwilio(self._twilio.clear()))
+        self._out_buf.clear()
+        for item_id, heard_ms in self.playback.clear():
+            item = self._items.get(item_id)
+            sent_upstream = upstream_ms(self.config.audio_format, item.upstream_bytes) if item else 0.0
+            audio_end_ms = int(min(heard_ms, sent_upstream))
+            out.append(SendToRealtime(rt.item_truncate(item_id, audio_end_ms)))
+            out.append(RecordCallEvent("barge_in", {"item_id": item_id, "audio_end_ms": audio_end_ms}))
+            if item is not None:
+                self._muted_responses.add(item.response_id)
+                if not item.finalized:
+                    text = item.transcript if item.transcript is not None else "".join(item.transcript_parts)
+                    self._emit_agent_line(item, text, audio_end_ms, sent_upstream, out)
+        return out
+
+    def _on_input_transcribed(self, ev: rt.InputTranscribed, now_ms: int) -> list[Command]:
+        text = ev.transcript.strip()
+        offset = self._speech_offsets.pop(ev.item_id, self._offset(now_ms))
+        out: list[Command] = []
+        if ev.usage:
+            out.append(RecordCallEvent("transcription_usage", {"item_id": ev.item_id, "usage": ev.usage}))
+        if text:
+            self._line_seq += 1
+            out.append(SaveTranscript(TranscriptLine(self._line_seq, "caller", text, offset, False, ev.item_id)))
+        return out
+
+    # -- responses and tools --------------------------------------------------------------
+
+    def _request_response(self, instructions: str | None, out: list[Command]) -> None:
+        """response.create now if nothing is active, else once the current response is done."""
+        if self._server_response is None and self._create_inflight is None:
+            self._create_seq += 1
+            event_id = f"sb_resp_{self._create_seq}"
+            self._create_inflight = event_id
+            self._sent_creates[event_id] = instructions
+            out.append(SendToRealtime(rt.response_create(event_id, instructions)))
+        elif instructions is not None or None not in self._queued_creates:
+            self._queued_creates.append(instructions)
+
+    def _on_response_created(self, ev: rt.ResponseCreated, now_ms: int) -> list[Command]:
+        self._server_response = ev.response_id
+        self._create_inflight = None
+        return []
+
+    def _on_response_done(self, ev: rt.ResponseDone, now_ms: int) -> list[Command]:
+        if self._server_response == ev.response_id:
+            self._server_response = None
+        self._sent_creates.clear()
+        out: list[Command] = []
+        if ev.usage:
+            self.usage.append(ev.usage)
+            out.append(RecordCallEvent("response_usage", {"response_id": ev.response_id, "usage": ev.usage}))
+        calls = self._function_calls.pop(ev.response_id, [])
+        if ev.status != "completed":
+            self._muted_responses.add(ev.response_id)
+            for call in calls:
+                out.append(RecordCallEvent("tool_skipped", {"name": call.name, "status": ev.status}))
+        else:
+            for call in calls:
+                self._start_tool(call, now_ms, out)
+        if self._queued_creates and self._server_response is None and self._create_inflight is None:
+            self._request_response(self._queued_creates.popleft(), out)
+        self._maybe_end(now_ms, out)
+        return out
+
+    def _on_function_call(self, ev: rt.FunctionCallReady, now_ms: int) -> list[Command]:
+        # Run only once the response is known to have completed (it may yet be cancelled).
+        self._function_calls.setdefault(ev.response_id, []).append(ev)
+        return []
+
+    def _start_tool(self, call: rt.FunctionCallReady, now_ms: int, out: list[Command]) -> None:
+        try:
+            args = orjson.loads(call.arguments or "{}")
+        except orjson.JSONDecodeError:
+            args = None
+        if not isinstance(args, dict):
+            self._tool_result(call.call_id, call.name, '{"error":"arguments were not a JSON object"}', False, out)
+            return
+        reason = str(args.get("reason", ""))
+        out.append(RecordCallEvent("tool_called", {"name": call.name, "call_id": call.call_id, "arguments": args}))
+        if call.name == END_CALL:
+            self._schedule_end(HangUp(reason or "agent ended the call"), now_ms)
+        elif call.name == TRANSFER_TO_HUMAN:
+            number = self.config.transfer_number
+            if number:
+                out.append(SendToRealtime(rt.function_call_output(call.call_id, '{"status":"transferring"}')))
+                self._request_response(self.config.handoff_instructions, out)
+                self._schedule_end(TransferCall(number, reason or "caller asked for a human"), now_ms)
+            else:
+                self._tool_result(
+                    call.call_id,
+                    call.name,
+                    '{"error":"no human agent is available; offer to take a message"}',
+                    False,
+                    out,
+                )
+        elif call.name in self.config.custom_tools:
+            self.tools_running += 1
+            out.append(RunTool(call.call_id, call.name, args))
+        else:
+            self._tool_result(call.call_id, call.name, '{"error":"unknown tool"}', False, out)
+
+    def _tool_result(self, call_id: str, name: str, output: str, ok: bool, out: list[Command]) -> None:
+        out.append(SendToRealtime(rt.function_call_output(call_id, output)))
+        out.append(RecordCallEvent("tool_result", {"name": name, "call_id": call_id, "ok": ok, "output": output}))
+        self._request_response(None, out)
+
+    def _on_tool_finished(self, ev: ToolFinished, now_ms: int) -> list[Command]:
+        self.tools_running = max(0, self.tools_running - 1)
+        out: list[Command] = []
+        if not self.ended:
+            self._tool_result(ev.call_id, ev.name, ev.output, ev.ok, out)
+        return out
+
+    def _on_error(self, ev: rt.RealtimeError, now_ms: int) -> list[Command]:
+        out: list[Command] = [RecordCallEvent("upstream_error", {"code": ev.code, "message": ev.message})]
+        if ev.event_id is not None and ev.event_id in self._sent_creates:
+            instructions = self._sent_creates.pop(ev.event_id)
+            if self._create_inflight == ev.event_id:
+                self._create_inflight = None
+            if ev.code == "conversation_already_has_active_response":
+                self._queued_creates.appendleft(instructions)
+        return out
+
+    # -- ending the call ------------------------------------------------------------------
+
+    def _schedule_end(self, action: HangUp | TransferCall, now_ms: int) -> None:
+        if self._end_action is None and not self.ended:
+            self._end_action = action
+            self._end_deadline_ms = now_ms + self.config.end_action_grace_ms
+
+    def _maybe_end(self, now_ms: int, out: list[Command]) -> None:
+        """Fire a pending hang-up/transfer once the agent's last words have played."""
+        action = self._end_action
+        if action is None:
+            return
+        settled = (
+            self._server_response is None
+            and self._create_inflight is None
+            and not self._queued_creates
+            and not self.playback.unplayed
+            and not self._out_buf
+        )
+        if settled or now_ms >= self._end_deadline_ms:
+            self._end_action = None
+            self.ended = True
+            out.append(RecordCallEvent("call_ending", {"action": type(action).__name__, "reason": action.reason}))
+            out.append(action)
+
+    def _on_tick(self, ev: Tick, now_ms: int) -> list[Command]:
+        out: list[Command] = []
+        self._maybe_end(now_ms, out)
+        return out

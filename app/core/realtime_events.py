@@ -1,0 +1,265 @@
+"""OpenAI Realtime API (GA) events: client events we build, server events we act on.
+
+Spec: ../shared/PROTOCOLS.md, "OpenAI Realtime API, GA interface". Server frames arrive as raw bytes
+(``recv_bytes``) and are decoded with orjson into the small typed events the bridge consumes; the
+SDK's pydantic models are not built on the hot path.
+"""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64encode
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.core.audio import AudioFormat
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Everything session.update carries; built once per call."""
+
+    model: str
+    instructions: str
+    voice: str
+    audio_format: AudioFormat
+    tools: tuple[dict[str, Any], ...] = ()
+    vad_threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    idle_timeout_ms: int | None = None
+    transcription_model: str = "gpt-4o-transcribe"
+
+
+def _format(audio_format: AudioFormat) -> dict[str, Any]:
+    return {"type": "audio/pcm", "rate": 24000} if audio_format == "pcm24k" else {"type": "audio/pcmu"}
+
+
+def session_update(s: SessionSettings) -> bytes:
+    """GA session.update with every turn_detection field given explicitly."""
+    turn_detection: dict[str, Any] = {
+        "type": "server_vad",
+        "threshold": s.vad_threshold,
+        "prefix_padding_ms": s.prefix_padding_ms,
+        "silence_duration_ms": s.silence_duration_ms,
+        "create_response": True,
+        "interrupt_response": True,
+    }
+    if s.idle_timeout_ms is not None:
+        turn_detection["idle_timeout_ms"] = s.idle_timeout_ms
+    fmt = _format(s.audio_format)
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "model": s.model,
+        "output_modalities": ["audio"],
+        "instructions": s.instructions,
+        "audio": {
+            "input": {
+                "format": fmt,
+                "transcription": {"model": s.transcription_model},
+                "noise_reduction": {"type": "near_field"},
+                "turn_detection": turn_detection,
+            },
+            "output": {"format": fmt, "voice": s.voice},
+        },
+        "tools": list(s.tools),
+        "tool_choice": "auto",
+    }
+    return orjson.dumps({"type": "session.update", "session": session})
+
+
+_APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
+
+
+def audio_append(audio: bytes) -> bytes:
+    """input_audio_buffer.append, formatted by hand: it is sent 50 times a second per call."""
+    return _APPEND_PREFIX + b64encode(audio) + b'"}'
+
+
+def response_create(event_id: str, instructions: str | None = None) -> bytes:
+    """response.create with our event_id, so an error about it can be matched back."""
+    response: dict[str, Any] = {"output_modalities": ["audio"]}
+    if instructions is not None:
+        response["instructions"] = instructions
+    return orjson.dumps({"type": "response.create", "event_id": event_id, "response": response})
+
+
+def item_truncate(item_id: str, audio_end_ms: int) -> bytes:
+    return orjson.dumps(
+        {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_end_ms}
+    )
+
+
+def function_call_output(call_id: str, output: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+        }
+    )
+
+
+def user_text(text: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        }
+    )
+
+
+# --- server events the bridge acts on ------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SessionUpdated:
+    session: dict[str, Any]
+
+
+@dataclass(slots=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    audio: bytes
+
+
+@dataclass(slots=True)
+class AudioDone:
+    response_id: str
+    item_id: str
+
+
+@dataclass(slots=True)
+class TranscriptDelta:
+    response_id: str
+    item_id: str
+    delta: str
+
+
+@dataclass(slots=True)
+class TranscriptDone:
+    response_id: str
+    item_id: str
+    transcript: str
+
+
+@dataclass(slots=True)
+class SpeechStarted:
+    audio_start_ms: int
+    item_id: str
+
+
+@dataclass(slots=True)
+class SpeechStopped:
+    audio_end_ms: int
+    item_id: str
+
+
+@dataclass(slots=True)
+class InputTranscribed:
+    item_id: str
+    transcript: str
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclass(slots=True)
+class ResponseDone:
+    response_id: str
+    status: str
+    usage: dict[str, Any] = field(default_factory=dict)
+    status_details: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class FunctionCallReady:
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class RealtimeError:
+    code: str
+    message: str
+    error_type: str = ""
+    event_id: str | None = None
+
+
+@dataclass(slots=True)
+class OtherServerEvent:
+    type: str
+
+
+RealtimeEvent = (
+    SessionUpdated
+    | AudioDelta
+    | AudioDone
+    | TranscriptDelta
+    | TranscriptDone
+    | SpeechStarted
+    | SpeechStopped
+    | InputTranscribed
+    | ResponseCreated
+    | ResponseDone
+    | FunctionCallReady
+    | RealtimeError
+    | OtherServerEvent
+)
+
+
+class RealtimeEventError(ValueError):
+    pass
+
+
+def parse_server_event(raw: bytes | str) -> RealtimeEvent:
+    """Decode one server frame. Unknown types become OtherServerEvent; garbage raises."""
+    try:
+        ev = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RealtimeEventError("malformed JSON from Realtime") from exc
+    if not isinstance(ev, dict):
+        raise RealtimeEventError("Realtime frame is not an object")
+    t = ev.get("type")
+    try:
+        if t == "response.output_audio.delta":
+            return AudioDelta(ev["response_id"], ev["item_id"], binascii.a2b_base64(ev["delta"]))
+        if t == "response.output_audio_transcript.delta":
+            return TranscriptDelta(ev["response_id"], ev["item_id"], ev.get("delta", ""))
+        if t == "input_audio_buffer.speech_started":
+            return SpeechStarted(int(ev.get("audio_start_ms", 0)), ev.get("item_id", ""))
+        if t == "input_audio_buffer.speech_stopped":
+            return SpeechStopped(int(ev.get("audio_end_ms", 0)), ev.get("item_id", ""))
+        if t == "response.created":
+            return ResponseCreated(ev["response"]["id"])
+        if t == "response.done":
+            r = ev["response"]
+            return ResponseDone(r["id"], r.get("status", "completed"), r.get("usage") or {}, r.get("status_details"))
+        if t == "response.output_audio.done":
+            return AudioDone(ev["response_id"], ev["item_id"])
+        if t == "response.output_audio_transcript.done":
+            return TranscriptDone(ev["response_id"], ev["item_id"], ev.get("transcript", ""))
+        if t == "conversation.item.input_audio_transcription.completed":
+            return InputTranscribed(ev["item_id"], ev.get("transcript", ""), ev.get("usage") or {})
+        if t == "response.function_call_arguments.done":
+            return FunctionCallReady(ev["response_id"], ev["call_id"], ev["name"], ev.get("arguments", "{}"))
+        if t == "session.updated":
+            return SessionUpdated(ev.get("session") or {})
+        if t == "error":
+            err = ev.get("error") or {}
+            return RealtimeError(
+                str(err.get("code") or ""),
+                str(err.get("message") or ""),
+                str(err.get("type") or ""),
+                err.get("event_id") if isinstance(err.get("event_id"), str) else None,
+            )
+    except (KeyError, TypeError, binascii.Error) as exc:
+        raise RealtimeEventError(f"malformed {t} event") from exc
+    return OtherServerEvent(str(t))

@@ -1,0 +1,43 @@
+"""Built-in agent tools as Realtime function definitions (the handlers live in app/calls)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+END_CALL = "end_call"
+TRANSFER_TO_HUMAN = "transfer_to_human"
+
+BUILTIN_TOOLS: tuple[dict[str, Any], ...] = (
+    {
+        "type": "function",
+        "name": END_CALL,
+        "description": ("Hang up the call. Say a short goodbye first; the line is cut once your words have played."),
+        "parameters": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "Why the call is ending."}},
+            "required": [],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "type": "function",
+        "name": TRANSFER_TO_HUMAN,
+        "description": "Transfer the caller to a human agent when they ask for a person or you cannot help.",
+        "parameters": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "What the caller needs."}},
+            "required": [],
+            "additionalProperties": False,
+        },
+    },
+)
+
+
+def greeting_instructions(business_name: str) -> str:
+    return (
+        f'Greet the caller now, naming the business. Say: "Thank you for calling {business_name}. '
+        'How can I help you today?"'
+    )
+
+
+HANDOFF_INSTRUCTIONS = 'Tell the caller, in one short sentence: "Please hold while I transfer you to a colleague."'

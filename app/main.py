@@ -1,0 +1,137 @@
+"""The ASGI app: create_app(settings) wires adapters once in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from app.adapters.call_store import CallStore
+from app.adapters.openai_realtime import RealtimeConnector
+from app.adapters.twilio_rest import TwilioRest
+from app.archive.router import router as calls_router
+from app.calls.media import router as media_router
+from app.calls.tools import ToolRegistry, load_tool_modules
+from app.calls.webhooks import router as webhooks_router
+from app.core.bridge import BridgeConfig
+from app.core.realtime_events import SessionSettings
+from app.core.tools import greeting_instructions
+from app.db import make_engine, make_sessionmaker
+from app.observability import Metrics
+from app.problems import install_problem_handlers, problem_response
+from app.runtime import Runtime, make_redis
+from app.settings import Settings
+
+log = structlog.get_logger()
+
+
+def build_runtime(settings: Settings, *, tools: ToolRegistry | None = None) -> Runtime:
+    engine = make_engine(settings.effective_database_url)
+    redis = make_redis(settings)
+    if tools is None:
+        tools = ToolRegistry(default_timeout_s=settings.tool_timeout_s)
+        load_tool_modules(tools, settings.tool_modules)
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "no-key"
+    return Runtime(
+        settings=settings,
+        metrics=Metrics(),
+        engine=engine,
+        sessionmaker=make_sessionmaker(engine),
+        redis=redis,
+        call_store=CallStore(redis),
+        realtime=RealtimeConnector(
+            api_key=api_key, websocket_base_url=settings.openai_realtime_url, model=settings.openai_realtime_model
+        ),
+        twilio=TwilioRest(
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token.get_secret_value(),
+            base_url=settings.twilio_api_base_url,
+        ),
+        tools=tools,
+        bridge_config=make_bridge_config(settings, tools),
+    )
+
+
+def make_bridge_config(settings: Settings, tools: ToolRegistry) -> BridgeConfig:
+    instructions = (
+        f"You are the phone agent of {settings.business_name}. Your first words name the business. "
+        + settings.agent_instructions
+    )
+    return BridgeConfig(
+        session=SessionSettings(
+            model=settings.openai_realtime_model,
+            instructions=instructions,
+            voice=settings.agent_voice,
+            audio_format=settings.audio_format,
+            tools=tools.definitions(),
+        ),
+        greeting_instructions=greeting_instructions(settings.business_name),
+        transfer_number=settings.transfer_number,
+        custom_tools=tools.names,
+    )
+
+
+def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings, tools=tools)
+        app.state.runtime = runtime
+        log.info(
+            "app.started",
+            database=runtime.engine.url.render_as_string(hide_password=True),
+            redis="external" if settings.redis_url else "in-process",
+            realtime=settings.openai_realtime_url,
+            audio_format=settings.audio_format,
+        )
+        try:
+            yield
+        finally:
+            if runtime.background:
+                await asyncio.wait(runtime.background, timeout=10)
+            await runtime.twilio.aclose()
+            await runtime.realtime.aclose()
+            await runtime.redis.aclose()
+            await runtime.engine.dispose()
+
+    app = FastAPI(title="Switchboard", version="0.1.0", lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(webhooks_router)
+    app.include_router(media_router)
+    app.include_router(calls_router)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                await runtime.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            checks["redis"] = f"error: {type(exc).__name__}"
+        try:
+            async with asyncio.timeout(2), runtime.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["database"] = f"error: {type(exc).__name__}"
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ready", "checks": checks})
+        return problem_response(503, "Not ready", "A dependency is unavailable.", "/readyz", checks=checks)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,8 @@
+"""Every ORM model, imported in one place for Alembic and metadata-wide operations."""
+
+from __future__ import annotations
+
+
+def import_all_models() -> None:
+    import app.archive.models
+    import app.auth.models  # noqa: F401

@@ -1,0 +1,58 @@
+"""structlog JSON logging and the Prometheus metrics the service exports."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+def configure_logging(level: str = "INFO", json: bool = True) -> None:
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    )
+
+
+class Metrics:
+    """One registry per app instance (tests build several apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.calls_started = Counter("switchboard_calls_started", "Media streams admitted", ["direction"], registry=r)
+        self.calls_active = Gauge("switchboard_calls_active", "Media streams in progress", registry=r)
+        self.calls_ended = Counter("switchboard_calls_ended", "Media streams ended", ["reason"], registry=r)
+        self.streams_rejected = Counter(
+            "switchboard_streams_rejected", "Media streams refused before bridging", ["reason"], registry=r
+        )
+        self.webhooks_rejected = Counter(
+            "switchboard_webhooks_rejected", "Twilio webhooks refused", ["path"], registry=r
+        )
+        self.bad_frames = Counter(
+            "switchboard_bad_frames", "Unusable frames from Twilio, skipped", ["reason"], registry=r
+        )
+        self.frames_in = Counter(
+            "switchboard_caller_frames", "Caller audio frames received (counted at call end)", registry=r
+        )
+        self.tool_calls = Counter("switchboard_tool_calls", "Tool invocations", ["name", "outcome"], registry=r)
+        self.barge_ins = Counter("switchboard_barge_ins", "Caller interruptions of agent audio", registry=r)
+        self.upstream_connect_seconds = Histogram(
+            "switchboard_upstream_connect_seconds", "Time to open a Realtime session", registry=r
+        )
+        self.twilio_rest_errors = Counter(
+            "switchboard_twilio_rest_errors", "Twilio REST calls that failed", ["operation"], registry=r
+        )

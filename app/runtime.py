@@ -1,0 +1,60 @@
+"""Everything a running app holds: built once in the lifespan, put on app.state.runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.adapters.call_store import CallStore
+from app.adapters.openai_realtime import RealtimeConnector
+from app.adapters.twilio_rest import TwilioRest
+from app.calls.tools import ToolRegistry
+from app.core.bridge import BridgeConfig
+from app.observability import Metrics
+from app.settings import Settings
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: Metrics
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    call_store: CallStore
+    realtime: RealtimeConnector
+    twilio: TwilioRest
+    tools: ToolRegistry
+    bridge_config: BridgeConfig
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """A task the app keeps a reference to and waits for at shutdown."""
+        task = asyncio.create_task(coro, name=name)
+        self.background.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task.failed", task=task.get_name(), error=repr(task.exception()))
+
+
+def make_redis(settings: Settings) -> Redis:
+    if settings.redis_url:
+        return Redis.from_url(settings.redis_url)
+    import fakeredis
+
+    log.warning(
+        "redis.in_process_stand_in", detail="REDIS_URL unset: using an in-process Redis stand-in (single node only)"
+    )
+    return fakeredis.FakeAsyncRedis()

@@ -1,0 +1,95 @@
+"""One settings object, built once at start-up and passed in (never read at import time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_TWILIO_AUTH_TOKEN = "dev-twilio-auth-token"
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly, concise phone agent. Speak in short sentences. "
+    "If the caller asks for a person, use transfer_to_human. "
+    "When the conversation is over, say goodbye and then call end_call."
+)
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment names are the upper-cased field names."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Public identity
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    # Twilio
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: SecretStr = SecretStr(DEV_TWILIO_AUTH_TOKEN)
+    twilio_api_base_url: str = "https://api.twilio.com"
+
+    # OpenAI Realtime
+    openai_api_key: SecretStr | None = None
+    openai_realtime_url: str = "wss://api.openai.com/v1"
+    openai_realtime_model: str = "gpt-realtime"
+    audio_format: Literal["pcm24k", "pcmu"] = "pcm24k"
+
+    # State
+    redis_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Path("var")
+
+    # Agent
+    business_name: str = "Switchboard Demo"
+    agent_instructions: str = DEFAULT_INSTRUCTIONS
+    agent_voice: str = "marin"
+    transfer_number: str | None = None
+    callback_number: str | None = None
+    tool_modules: list[str] = Field(default_factory=list)
+    tool_timeout_s: float = 8.0
+
+    # Media stream
+    stream_token_secret: SecretStr | None = None
+    stream_token_ttl_s: int = 120
+    max_ws_message_bytes: int = 64 * 1024
+    max_bad_frames: int = 50
+
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("PUBLIC_BASE_URL must be an absolute http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("transfer_number", "callback_number", "redis_url", "database_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @property
+    def public_ws_base(self) -> str:
+        """wss://host form of the public base URL (Twilio only opens wss streams)."""
+        parts = urlsplit(self.public_base_url)
+        return f"wss://{parts.netloc}{parts.path}"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'switchboard.db').as_posix()}"
+
+    @property
+    def stream_secret(self) -> bytes:
+        """Key for stream tokens; defaults to one derived from the Twilio auth token so all nodes agree."""
+        if self.stream_token_secret is not None:
+            return self.stream_token_secret.get_secret_value().encode()
+        return b"stream-token:" + self.twilio_auth_token.get_secret_value().encode()

@@ -1,0 +1,299 @@
+"""The bridge state machine, driven with plain values: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from app.core import realtime_events as rt
+from app.core.bridge import (
+    BridgeConfig,
+    CallBridge,
+    Command,
+    HangUp,
+    RecordCallEvent,
+    RunTool,
+    SaveTranscript,
+    SendToRealtime,
+    SendToTwilio,
+    Tick,
+    ToolFinished,
+    TransferCall,
+    UpstreamReady,
+    cut_transcript,
+)
+from app.core.tools import BUILTIN_TOOLS, greeting_instructions
+from app.core.twilio_media import DtmfReceived, MarkAcknowledged, MediaReceived, StreamStarted, StreamStopped
+
+
+def make_bridge(audio_format: str = "pcmu", **overrides: Any) -> CallBridge:
+    config = BridgeConfig(
+        session=rt.SessionSettings(
+            model="gpt-realtime", instructions="Be brief.", voice="marin", audio_format=audio_format,  # type: ignore[arg-type]
+            tools=BUILTIN_TOOLS,
+        ),
+        greeting_instructions=greeting_instructions("Acme Dental"),
+        **overrides,
+    )
+    bridge = CallBridge(config, started_at_ms=0)
+    bridge.handle(StreamStarted("MZ1", "CA1", "AC1", {"direction": "inbound"}), 0)
+    return bridge
+
+
+def realtime(cmds: list[Command]) -> list[dict[str, Any]]:
+    return [orjson.loads(c.data) for c in cmds if isinstance(c, SendToRealtime)]
+
+
+def twilio(cmds: list[Command]) -> list[dict[str, Any]]:
+    return [orjson.loads(c.text) for c in cmds if isinstance(c, SendToTwilio)]
+
+
+def of(cmds: list[Command], kind: type) -> list[Any]:
+    return [c for c in cmds if isinstance(c, kind)]
+
+
+def start_session(bridge: CallBridge) -> list[Command]:
+    cmds = bridge.handle(UpstreamReady(), 0)
+    bridge.handle(rt.ResponseCreated("resp_greet"), 1)
+    return cmds
+
+
+def deliver_audio(bridge: CallBridge, response_id: str, item_id: str, n_bytes: int, now: int) -> list[Command]:
+    return bridge.handle(rt.AudioDelta(response_id, item_id, b"\xff" * n_bytes), now)
+
+
+def test_session_update_precedes_the_greeting_that_names_the_business() -> None:
+    bridge = make_bridge()
+    sent = realtime(bridge.handle(UpstreamReady(), 0))
+    assert [e["type"] for e in sent] == ["session.update", "response.create"]
+    session = sent[0]["session"]
+    assert session["type"] == "realtime"
+    td = session["audio"]["input"]["turn_detection"]
+    assert set(td) >= {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response", "interrupt_response"}
+    assert session["audio"]["input"]["transcription"]["model"]
+    assert "Acme Dental" in sent[1]["response"]["instructions"]
+
+
+def test_caller_audio_before_upstream_is_held_and_replayed_in_order() -> None:
+    bridge = make_bridge()
+    frames = [bytes([i]) * 160 for i in range(3)]
+    for i, f in enumerate(frames):
+        assert bridge.handle(MediaReceived(f, i * 20), i * 20) == []
+    sent = realtime(bridge.handle(UpstreamReady(), 60))
+    appends = [e for e in sent if e["type"] == "input_audio_buffer.append"]
+    assert [base64.b64decode(e["audio"]) for e in appends] == frames
+
+
+def test_each_audio_chunk_to_twilio_is_followed_by_a_uniquely_named_mark() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 800, 10))
+    assert [m["event"] for m in msgs] == ["media", "mark"] * 5
+    names = [m["mark"]["name"] for m in msgs if m["event"] == "mark"]
+    assert len(set(names)) == 5
+    assert all(len(base64.b64decode(m["media"]["payload"])) == 160 for m in msgs if m["event"] == "media")
+
+
+def test_barge_in_clears_twilio_and_truncates_at_the_acknowledged_position() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 1600, 10))  # 200 ms sent
+    marks = [m["mark"]["name"] for m in msgs if m["event"] == "mark"]
+    for name in marks[:3]:  # Twilio played 60 ms
+        bridge.handle(MarkAcknowledged(name), 100)
+    cmds = bridge.handle(rt.SpeechStarted(500, "item_user"), 120)
+    assert [m["event"] for m in twilio(cmds)] == ["clear"]
+    truncates = [e for e in realtime(cmds) if e["type"] == "conversation.item.truncate"]
+    assert truncates == [
+        {"type": "conversation.item.truncate", "item_id": "item_a", "content_index": 0, "audio_end_ms": 60}
+    ]
+    assert not [e for e in realtime(cmds) if e["type"] == "response.cancel"]  # the server cancels itself
+
+
+def test_truncation_is_clamped_to_what_openai_sent() -> None:
+    bridge = make_bridge(audio_format="pcm24k")
+    start_session(bridge)
+    # 100 ms at 24 kHz PCM16 from OpenAI; the resampler delay means < 100 ms reaches Twilio
+    msgs = twilio(bridge.handle(rt.AudioDelta("resp_greet", "item_a", b"\x00\x10" * 2400), 10))
+    for m in msgs:
+        if m["event"] == "mark":
+            bridge.handle(MarkAcknowledged(m["mark"]["name"]), 50)
+    assert bridge.playback.played_ms("item_a") <= 100
+    # flush the tail so every byte is accounted for, then interrupt
+    bridge.handle(rt.AudioDelta("resp_greet", "item_a", b"\x00\x10" * 2400), 60)
+    cmds = bridge.handle(rt.SpeechStarted(0, "u1"), 70)
+    truncate = next(e for e in realtime(cmds) if e["type"] == "conversation.item.truncate")
+    assert truncate["audio_end_ms"] <= 200
+
+
+def test_marks_echoed_after_a_clear_do_not_corrupt_the_next_response() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    first = twilio(deliver_audio(bridge, "resp_greet", "item_a", 800, 10))
+    stale = [m["mark"]["name"] for m in first if m["event"] == "mark"]
+    bridge.handle(rt.SpeechStarted(0, "u1"), 20)  # clear: Twilio will echo every pending mark
+    bridge.handle(rt.ResponseDone("resp_greet", "cancelled"), 21)
+    bridge.handle(rt.ResponseCreated("resp_2"), 30)
+    second = twilio(deliver_audio(bridge, "resp_2", "item_b", 800, 31))
+    for name in stale:
+        bridge.handle(MarkAcknowledged(name), 40)
+    assert bridge.playback.played_ms("item_b") == 0
+    new_marks = [m["mark"]["name"] for m in second if m["event"] == "mark"]
+    bridge.handle(MarkAcknowledged(new_marks[1]), 80)
+    cmds = bridge.handle(rt.SpeechStarted(0, "u2"), 90)
+    truncate = next(e for e in realtime(cmds) if e["type"] == "conversation.item.truncate")
+    assert truncate == {"type": "conversation.item.truncate", "item_id": "item_b", "content_index": 0, "audio_end_ms": 40}
+
+
+def test_audio_of_an_interrupted_response_is_not_forwarded() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    deliver_audio(bridge, "resp_greet", "item_a", 800, 10)
+    bridge.handle(rt.SpeechStarted(0, "u1"), 20)
+    assert twilio(deliver_audio(bridge, "resp_greet", "item_a", 800, 25)) == []
+
+
+def test_speech_with_nothing_unplayed_sends_no_clear_or_truncate() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 320, 10))
+    for m in msgs:
+        if m["event"] == "mark":
+            bridge.handle(MarkAcknowledged(m["mark"]["name"]), 60)
+    assert bridge.handle(rt.SpeechStarted(0, "u1"), 100) == []
+
+
+def test_response_create_waits_for_the_previous_response_done() -> None:
+    bridge = make_bridge()
+    start_session(bridge)  # greeting active
+    cmds = bridge.handle(DtmfReceived("5"), 10)
+    sent = realtime(cmds)
+    assert [e["type"] for e in sent] == ["conversation.item.create"]
+    assert "5" in sent[0]["item"]["content"][0]["text"]
+    after = realtime(bridge.handle(rt.ResponseDone("resp_greet", "completed"), 20))
+    assert [e["type"] for e in after] == ["response.create"]
+
+
+def test_a_rejected_response_create_is_retried_after_the_active_response() -> None:
+    bridge = make_bridge()
+    bridge.handle(UpstreamReady(), 0)  # greeting response.create in flight (event id sb_resp_1)
+    cmds = bridge.handle(
+        rt.RealtimeError("conversation_already_has_active_response", "busy", "invalid_request_error", "sb_resp_1"), 5
+    )
+    assert realtime(cmds) == []
+    bridge.handle(rt.ResponseCreated("resp_vad"), 6)
+    again = realtime(bridge.handle(rt.ResponseDone("resp_vad", "completed"), 50))
+    assert [e["type"] for e in again] == ["response.create"]
+    assert "Acme Dental" in again[0]["response"]["instructions"]
+
+
+def test_a_tool_of_a_cancelled_response_never_runs() -> None:
+    bridge = make_bridge(custom_tools=frozenset({"lookup"}))
+    start_session(bridge)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "lookup", "{}"), 10)
+    cmds = bridge.handle(rt.ResponseDone("resp_greet", "cancelled"), 11)
+    assert of(cmds, RunTool) == []
+    assert any(isinstance(c, RecordCallEvent) and c.kind == "tool_skipped" for c in cmds)
+
+
+def test_a_completed_custom_tool_runs_and_its_result_goes_back_with_a_new_response() -> None:
+    bridge = make_bridge(custom_tools=frozenset({"lookup"}))
+    start_session(bridge)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "lookup", '{"q": "x"}'), 10)
+    cmds = bridge.handle(rt.ResponseDone("resp_greet", "completed"), 11)
+    assert [(c.name, c.arguments) for c in of(cmds, RunTool)] == [("lookup", {"q": "x"})]
+    back = realtime(bridge.handle(ToolFinished("call_1", "lookup", '{"error":"boom"}', False), 20))
+    assert back[0]["item"] == {"type": "function_call_output", "call_id": "call_1", "output": '{"error":"boom"}'}
+    assert back[1]["type"] == "response.create"
+
+
+def test_end_call_hangs_up_only_after_the_goodbye_has_played() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_bye", 480, 10))
+    bridge.handle(rt.AudioDone("resp_greet", "item_bye"), 11)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "end_call", '{"reason":"done"}'), 12)
+    cmds = bridge.handle(rt.ResponseDone("resp_greet", "completed"), 13)
+    assert of(cmds, HangUp) == []  # goodbye still playing
+    marks = [m["mark"]["name"] for m in msgs if m["event"] == "mark"]
+    for name in marks[:-1]:
+        assert of(bridge.handle(MarkAcknowledged(name), 40), HangUp) == []
+    hang = of(bridge.handle(MarkAcknowledged(marks[-1]), 70), HangUp)
+    assert [h.reason for h in hang] == ["done"]
+
+
+def test_end_call_still_hangs_up_when_twilio_never_echoes_the_last_mark() -> None:
+    bridge = make_bridge(end_action_grace_ms=5000)
+    start_session(bridge)
+    deliver_audio(bridge, "resp_greet", "item_bye", 480, 10)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "end_call", "{}"), 12)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 13)
+    assert of(bridge.handle(Tick(), 4000), HangUp) == []
+    assert len(of(bridge.handle(Tick(), 5100), HangUp)) == 1
+
+
+def test_transfer_says_a_handoff_line_then_dials_the_transfer_number() -> None:
+    bridge = make_bridge(transfer_number="+15550001111")
+    start_session(bridge)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "transfer_to_human", "{}"), 10)
+    cmds = bridge.handle(rt.ResponseDone("resp_greet", "completed"), 11)
+    sent = realtime(cmds)
+    assert sent[0]["item"]["type"] == "function_call_output"
+    assert sent[1]["type"] == "response.create" and "transfer" in sent[1]["response"]["instructions"]
+    assert of(cmds, TransferCall) == []
+    bridge.handle(rt.ResponseCreated("resp_handoff"), 12)
+    msgs = twilio(deliver_audio(bridge, "resp_handoff", "item_h", 160, 13))
+    assert of(bridge.handle(rt.ResponseDone("resp_handoff", "completed"), 14), TransferCall) == []
+    done = bridge.handle(MarkAcknowledged(msgs[-1]["mark"]["name"]), 40)
+    assert [t.number for t in of(done, TransferCall)] == ["+15550001111"]
+
+
+def test_transfer_without_a_number_tells_the_model_and_the_call_goes_on() -> None:
+    bridge = make_bridge(transfer_number=None)
+    start_session(bridge)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "transfer_to_human", "{}"), 10)
+    cmds = bridge.handle(rt.ResponseDone("resp_greet", "completed"), 11)
+    output = realtime(cmds)[0]["item"]["output"]
+    assert "error" in output
+    assert of(cmds, TransferCall) == [] and not bridge.ended
+
+
+def test_transcript_keeps_caller_lines_and_cuts_agent_lines_to_what_was_heard() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    text = "Thank you for calling Acme Dental. How can I help you today?"
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 8000, 10))  # 1 s
+    bridge.handle(rt.TranscriptDone("resp_greet", "item_a", text), 11)
+    bridge.handle(rt.AudioDone("resp_greet", "item_a"), 12)
+    marks = [m["mark"]["name"] for m in msgs if m["event"] == "mark"]
+    for name in marks[:25]:  # half heard
+        bridge.handle(MarkAcknowledged(name), 500)
+    cmds = bridge.handle(rt.SpeechStarted(0, "u1"), 510)
+    (agent,) = [c.line for c in of(cmds, SaveTranscript)]
+    assert agent.speaker == "agent" and agent.interrupted
+    assert text.startswith(agent.text) and 0 < len(agent.text) < len(text)
+    caller = of(bridge.handle(rt.InputTranscribed("u1", " I need an appointment "), 900), SaveTranscript)
+    assert [(c.line.speaker, c.line.text, c.line.offset_ms) for c in caller] == [("caller", "I need an appointment", 510)]
+
+
+def test_a_fully_played_agent_line_is_saved_whole_once() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 320, 10))
+    bridge.handle(rt.AudioDone("resp_greet", "item_a"), 11)
+    bridge.handle(rt.TranscriptDone("resp_greet", "item_a", "Hello there."), 12)
+    saved: list[Command] = []
+    for m in msgs:
+        if m["event"] == "mark":
+            saved += bridge.handle(MarkAcknowledged(m["mark"]["name"]), 60)
+    saved += bridge.handle(StreamStopped(), 100)
+    lines = [c.line for c in of(saved, SaveTranscript)]
+    assert [(line.text, line.interrupted) for line in lines] == [("Hello there.", False)]
+
+
+def test_cut_transcript_breaks_at_a_word_boundary() -> None:
+    assert cut_transcript("hello wonderful world", 500, 1000) == "hello"
+    assert cut_transcript("hello world", 1000, 1000) == "hello world"
+    assert cut_transcript("hello world", 0, 1000) == ""

@@ -74,6 +74,7 @@ def make_bridge_config(settings: Settings, tools: ToolRegistry) -> BridgeConfig:
         greeting_instructions=greeting_instructions(settings.business_name),
         transfer_number=settings.transfer_number,
         custom_tools=tools.names,
+        resample_quality=settings.resample_quality,
     )
 
 

@@ -401,7 +401,6 @@ class CallSession:
                 self.lines.append(command.line)
         if self.upstream is not None:
             await self.upstream.close()
-        await self._close(CLOSE_NORMAL, "call ended")
         rt.metrics.calls_active.dec()
         rt.metrics.calls_ended.labels(self.status).inc()
         rt.metrics.frames_in.inc(bridge.frames_in)

@@ -16,7 +16,14 @@ from typing import Any
 import orjson
 
 from app.core import realtime_events as rt
-from app.core.audio import AgentAudioPath, AudioFormat, CallerAudioPath, upstream_ms
+from app.core.audio import (
+    DEFAULT_RESAMPLE_QUALITY,
+    AgentAudioPath,
+    AudioFormat,
+    CallerAudioPath,
+    ResampleQuality,
+    upstream_ms,
+)
 from app.core.playback import PlaybackTracker
 from app.core.tools import END_CALL, HANDOFF_INSTRUCTIONS, TRANSFER_TO_HUMAN
 from app.core.twilio_media import (
@@ -115,6 +122,7 @@ class BridgeConfig:
     max_buffered_frames: int = 150  # caller audio held while upstream is not ready (3 s)
     end_action_grace_ms: int = 15_000  # hang up/transfer even if Twilio never echoes the last mark
     handoff_instructions: str = HANDOFF_INSTRUCTIONS
+    resample_quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY
 
     @property
     def audio_format(self) -> AudioFormat:
@@ -156,8 +164,8 @@ class CallBridge:
         self.stream_sid: str | None = None
         self.custom_parameters: dict[str, str] = {}
         self._twilio: TwilioOutbound | None = None
-        self._caller_audio = CallerAudioPath(config.audio_format)
-        self._agent_audio = AgentAudioPath(config.audio_format)
+        self._caller_audio = CallerAudioPath(config.audio_format, config.resample_quality)
+        self._agent_audio = AgentAudioPath(config.audio_format, config.resample_quality)
         self.playback = PlaybackTracker()
         self.upstream_ready = False
         self._held_audio: deque[bytes] = deque(maxlen=config.max_buffered_frames)
@@ -370,13 +378,22 @@ class CallBridge:
 
     def _on_speech_started(self, ev: rt.SpeechStarted, now_ms: int) -> list[Command]:
         self._speech_offsets[ev.item_id] = self._offset(now_ms)
-        if not self.playback.unplayed and not self._out_buf:
+        had_unsent = bool(self._out_buf)
+        cut = dict(self.playback.clear())
+        # The item being streamed may be fully played so far, yet OpenAI generated more of it than
+        # the caller heard (the rest was still on its way): it is cut too.
+        streaming = self._items.get(self._out_item) if self._out_item is not None else None
+        if streaming is not None and not streaming.finalized and streaming.item_id not in cut:
+            heard = self.playback.played_ms(streaming.item_id)
+            if heard < upstream_ms(self.config.audio_format, streaming.upstream_bytes) - 1:
+                cut[streaming.item_id] = heard
+        if not cut and not had_unsent:
             return []
         out: list[Command] = []
         assert self._twilio is not None
         out.append(SendToTwilio(self._twilio.clear()))
         self._out_buf.clear()
-        for item_id, heard_ms in self.playback.clear():
+        for item_id, heard_ms in cut.items():
             item = self._items.get(item_id)
             sent_upstream = upstream_ms(self.config.audio_format, item.upstream_bytes) if item else 0.0
             audio_end_ms = int(min(heard_ms, sent_upstream))

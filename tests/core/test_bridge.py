@@ -297,3 +297,16 @@ def test_cut_transcript_breaks_at_a_word_boundary() -> None:
     assert cut_transcript("hello wonderful world", 500, 1000) == "hello"
     assert cut_transcript("hello world", 1000, 1000) == "hello world"
     assert cut_transcript("hello world", 0, 1000) == ""
+
+
+def test_barge_in_truncates_an_item_whose_sent_audio_all_played_but_more_was_generated() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 400, 10))  # 2 chunks sent, 80 bytes held
+    for m in msgs:
+        if m["event"] == "mark":
+            bridge.handle(MarkAcknowledged(m["mark"]["name"]), 50)
+    cmds = bridge.handle(rt.SpeechStarted(0, "u1"), 60)
+    assert [m["event"] for m in twilio(cmds)] == ["clear"]
+    truncate = next(e for e in realtime(cmds) if e["type"] == "conversation.item.truncate")
+    assert truncate["audio_end_ms"] == 40

@@ -1,0 +1,272 @@
+"""Shared pieces for tests that run the real server: uvicorn on a loopback socket, signing, a raw
+Twilio-side media client. Everything speaks the real protocols over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import base64
+import socket
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import uvicorn
+import websockets
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection
+
+from app.calls.tools import ToolRegistry
+from app.main import create_app
+from app.migrate import upgrade
+from app.settings import Settings
+
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+ACCOUNT_SID = "AC" + "1" * 32
+PUBLIC_BASE = "https://sb.example.test"
+TWILIO_API = "https://twilio.test"
+
+
+def make_settings(tmp_path: Path, *, realtime_url: str, database_url: str | None = None, **overrides: Any) -> Settings:
+    db = database_url or f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    values: dict[str, Any] = {
+        "public_base_url": PUBLIC_BASE,
+        "twilio_account_sid": ACCOUNT_SID,
+        "twilio_auth_token": AUTH_TOKEN,
+        "twilio_api_base_url": TWILIO_API,
+        "openai_api_key": "test-key",
+        "openai_realtime_url": realtime_url,
+        "database_url": db,
+        "business_name": "Acme Dental",
+        "data_dir": tmp_path,
+        "log_json": False,
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    migrate(settings.effective_database_url)
+    return settings
+
+
+def migrate(database_url: str) -> None:
+    """Alembic's env runs its own event loop, so migrate from a worker thread."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(upgrade, database_url).result()
+
+
+@asynccontextmanager
+async def serve(settings: Settings, *, tools: ToolRegistry | None = None) -> AsyncIterator[str]:
+    """Run the app under uvicorn on a pre-bound loopback socket; yield its http base URL.
+
+    The socket is listening before uvicorn starts, so clients may connect at once: the kernel
+    queues them until uvicorn accepts (no readiness polling)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings, tools=tools), log_level="warning", lifespan="on", ws_max_size=4 * 1024 * 1024
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def sign(url: str, params: dict[str, str] | None = None, token: str = AUTH_TOKEN) -> str:
+    return str(RequestValidator(token).compute_signature(url, params or {}))
+
+
+def call_sid(n: int) -> str:
+    return "CA" + f"{n:032x}"
+
+
+async def post_webhook(base: str, path: str, params: dict[str, str], *, signature: str | None = None) -> httpx.Response:
+    sig = signature if signature is not None else sign(PUBLIC_BASE + path, params)
+    async with httpx.AsyncClient(base_url=base) as client:
+        return await client.post(path, data=params, headers={"X-Twilio-Signature": sig})
+
+
+def twiml_stream(body: str) -> tuple[str, dict[str, str]]:
+    root = ET.fromstring(body)
+    stream = root.find("./Connect/Stream")
+    assert stream is not None, body
+    params = {p.attrib["name"]: p.attrib["value"] for p in stream.findall("Parameter")}
+    return stream.attrib["url"], params
+
+
+def tone_frames(freq_hz: float, seconds: float, amplitude: float = 0.5) -> list[bytes]:
+    t = np.arange(int(8000 * seconds)) / 8000
+    pcm = (np.sin(2 * np.pi * freq_hz * t) * amplitude * 32767).astype(np.int16)
+    mulaw = audioop.lin2ulaw(pcm.tobytes(), 2)
+    return [mulaw[i : i + 160] for i in range(0, len(mulaw), 160)]
+
+
+def speech_frames(seconds: float) -> list[bytes]:
+    """Loud voiced audio the emulator's energy VAD hears as speech."""
+    t = np.arange(int(8000 * seconds)) / 8000
+    wave = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 8))
+    pcm = (wave / np.abs(wave).max() * 0.6 * 32767).astype(np.int16)
+    mulaw = audioop.lin2ulaw(pcm.tobytes(), 2)
+    return [mulaw[i : i + 160] for i in range(0, len(mulaw), 160)]
+
+
+SILENCE = b"\xff" * 160
+
+
+class TwilioStream:
+    """A Twilio media stream client driven step by step by a test (frames sent as fast as asked)."""
+
+    def __init__(self, ws: ClientConnection, call_sid: str, stream_sid: str) -> None:
+        self.ws = ws
+        self.call_sid = call_sid
+        self.stream_sid = stream_sid
+        self.seq = 0
+        self.received: list[dict[str, Any]] = []
+        self._new = asyncio.Condition()
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, base: str, *, call_sid: str, token: str | None, signature: str | None = None, send_start: bool = True,
+        custom: dict[str, str] | None = None,
+    ) -> AsyncIterator[TwilioStream]:
+        url = base.replace("http://", "ws://") + "/twilio/media"
+        sig = signature if signature is not None else sign(PUBLIC_BASE.replace("https://", "wss://") + "/twilio/media")
+        async with websockets.connect(url, additional_headers={"X-Twilio-Signature": sig}, max_size=None) as ws:
+            stream = cls(ws, call_sid, "MZ" + call_sid[2:])
+            if send_start:
+                await stream.start(token, custom)
+            try:
+                yield stream
+            finally:
+                stream._reader.cancel()
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                async with self._new:
+                    self.received.append(orjson.loads(raw))
+                    self._new.notify_all()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason
+            async with self._new:
+                self._new.notify_all()
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(message if isinstance(message, (str, bytes)) else orjson.dumps(message).decode())
+
+    async def start(self, token: str | None, custom: dict[str, str] | None = None) -> None:
+        params = dict(custom or {"direction": "inbound"})
+        if token is not None:
+            params["token"] = token
+        await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        self.seq += 1
+        await self.send(
+            {
+                "event": "start",
+                "sequenceNumber": str(self.seq),
+                "streamSid": self.stream_sid,
+                "start": {
+                    "accountSid": ACCOUNT_SID,
+                    "streamSid": self.stream_sid,
+                    "callSid": self.call_sid,
+                    "tracks": ["inbound"],
+                    "customParameters": params,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            }
+        )
+
+    async def media(self, frame: bytes) -> None:
+        self.seq += 1
+        await self.send(
+            '{"event":"media","sequenceNumber":"%d","streamSid":"%s","media":{"track":"inbound","chunk":"%d",'
+            '"timestamp":"%d","payload":"%s"}}'
+            % (self.seq, self.stream_sid, self.seq, self.seq * 20, base64.b64encode(frame).decode())
+        )
+
+    async def mark(self, name: str) -> None:
+        self.seq += 1
+        await self.send({"event": "mark", "sequenceNumber": str(self.seq), "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    async def dtmf(self, digit: str) -> None:
+        self.seq += 1
+        await self.send(
+            {"event": "dtmf", "sequenceNumber": str(self.seq), "streamSid": self.stream_sid, "dtmf": {"track": "inbound_track", "digit": digit}}
+        )
+
+    async def stop(self) -> None:
+        self.seq += 1
+        await self.send(
+            {"event": "stop", "sequenceNumber": str(self.seq), "streamSid": self.stream_sid, "stop": {"accountSid": ACCOUNT_SID, "callSid": self.call_sid}}
+        )
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, start: int = 0) -> int:
+        """Index of the first received message (from ``start``) matching ``predicate``."""
+        async with asyncio.timeout(timeout), self._new:
+            while True:
+                for i in range(start, len(self.received)):
+                    if predicate(self.received[i]):
+                        return i
+                if self._reader.done():
+                    raise AssertionError(f"stream closed ({self.close_code} {self.close_reason}) before the message came")
+                await self._new.wait()
+
+    async def wait_nth(self, predicate: Callable[[dict[str, Any]], bool], n: int, timeout: float = 10.0, start: int = 0) -> int:
+        """Index of the ``n``-th received message (from ``start``) matching ``predicate``."""
+        seen = 0
+
+        def nth(message: dict[str, Any]) -> bool:
+            nonlocal seen
+            if predicate(message):
+                seen += 1
+            return seen >= n
+
+        async with asyncio.timeout(timeout), self._new:
+            checked = start
+            while True:
+                for i in range(checked, len(self.received)):
+                    checked = i + 1
+                    if nth(self.received[i]):
+                        return i
+                if self._reader.done():
+                    raise AssertionError(f"stream closed ({self.close_code} {self.close_reason}) before the message came")
+                await self._new.wait()
+
+    async def wait_closed(self, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(self._reader)
+
+    def marks(self, start: int = 0, end: int | None = None) -> list[str]:
+        return [m["mark"]["name"] for m in self.received[start:end] if m.get("event") == "mark"]
+
+    def media_bytes(self, start: int = 0, end: int | None = None) -> int:
+        return sum(len(base64.b64decode(m["media"]["payload"])) for m in self.received[start:end] if m.get("event") == "media")
+
+
+async def open_call(base: str, n: int, *, direction_params: dict[str, str] | None = None) -> tuple[str, str]:
+    """Run the voice webhook for call ``n``; return (call_sid, stream token)."""
+    sid = call_sid(n)
+    params = {"CallSid": sid, "AccountSid": ACCOUNT_SID, "From": "+15005550006", "To": "+15005550001", "Direction": "inbound"}
+    params.update(direction_params or {})
+    response = await post_webhook(base, "/twilio/voice", params)
+    assert response.status_code == 200, response.text
+    _, stream_params = twiml_stream(response.text)
+    return sid, stream_params["token"]

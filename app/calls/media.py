@@ -380,8 +380,8 @@ class CallSession:
         self._closed = True
         try:
             await self.ws.close(code, reason)
-        except Exception:  # noqa: BLE001 - the peer may already be gone
-            pass
+        except Exception as exc:  # noqa: BLE001 - the peer may already be gone
+            log.warning("call.close_failed", error=repr(exc))
 
     async def _finish(self, direction: str) -> None:
         rt = self.rt
@@ -424,6 +424,8 @@ class CallSession:
             await archive_call(rt.sessionmaker, record)
         except Exception:
             log.exception("call.archive_failed")
+        # Closed after archiving, so whoever waits for the close can read the archive.
+        await self._close(CLOSE_NORMAL, "call ended")
         log.info(
             "call.ended",
             status=self.status,

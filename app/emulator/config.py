@@ -1,0 +1,75 @@
+"""Emulator settings and fault switches (tests mutate the switches while sessions run)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TtsMode = Literal["auto", "synthetic", "espeak"]
+
+
+@dataclass
+class Faults:
+    """Failure modes of the remote peer.
+
+    Timers count from each session's start. Assigning a field re-arms the timers of live
+    sessions, so ``faults.close_code_after_s = (1006, 0.0)`` drops open sessions at once.
+    """
+
+    close_code_after_s: tuple[int, float] | None = None
+    """(code, seconds): 1006 aborts the TCP connection without a close frame; other codes
+    send a close frame with that code."""
+    error_events: list[dict[str, Any]] = field(default_factory=list)
+    """Sent right after session.created: a full ``{"type": "error", "error": {...}}`` event or
+    just the inner error object."""
+    session_expired_after_s: float | None = None
+    """Send error ``session_expired`` then close with 1001 (the 60-minute limit, shortened)."""
+    response_delay_s: float = 0.0
+    """Latency between response.created and the first output event of every response."""
+    _listeners: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if not name.startswith("_"):
+            for listener in list(getattr(self, "_listeners", ())):
+                listener()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after any fault switch is assigned."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+
+@dataclass
+class EmulatorConfig:
+    """How the emulated model hears, answers and sounds."""
+
+    faults: Faults = field(default_factory=Faults)
+    vad_threshold_rms: int = 500
+    """Energy VAD threshold on PCM16 RMS; the session's 0..1 ``threshold`` is ignored."""
+    silence_duration_ms: int | None = None
+    """None: use ``turn_detection.silence_duration_ms`` from the session."""
+    reply_text: Callable[[str], str] | None = None
+    """User text or transcript -> assistant reply text. None: a short canned reply."""
+    transcripts: list[str] = field(default_factory=list)
+    """What the caller "said": one per committed audio turn, in order, shared by all sessions,
+    consumed whether or not transcription is enabled (it drives replies and function triggers)."""
+    function_calls: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """Trigger phrase (case-insensitive, in user text or transcript) -> (tool name, arguments).
+    The next response calls the tool instead of speaking, if the session declares it."""
+    audio_ms_per_char: float = 60.0
+    chunk_ms: int = 100
+    realtime_pacing: bool = True
+    """Pace audio deltas against the clock (at ``pacing_speed``); False: as fast as possible."""
+    pacing_speed: float = 2.0
+    """Multiple of real time when paced; the real service also sends faster than real time."""
+    tts: TtsMode = "auto"
+    """``auto``: espeak-ng when on PATH, else synthetic. ``synthetic`` is deterministic and lasts
+    exactly ``audio_ms_per_char * len(text)`` ms: use it when a test checks audio lengths."""
+    greeting_text: str = "Hello! Thanks for calling. How can I help you today?"
+    tool_followup_text: str = "All right, that's done. Is there anything else I can help with?"
+    idle_prompt_text: str = "Are you still there?"

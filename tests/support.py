@@ -127,8 +127,9 @@ SILENCE = b"\xff" * 160
 class TwilioStream:
     """A Twilio media stream client driven step by step by a test (frames sent as fast as asked)."""
 
-    def __init__(self, ws: ClientConnection, call_sid: str, stream_sid: str) -> None:
+    def __init__(self, ws: ClientConnection, call_sid: str, stream_sid: str, *, auto_ack: bool = False) -> None:
         self.ws = ws
+        self.auto_ack = auto_ack
         self.call_sid = call_sid
         self.stream_sid = stream_sid
         self.seq = 0
@@ -141,13 +142,20 @@ class TwilioStream:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, base: str, *, call_sid: str, token: str | None, signature: str | None = None, send_start: bool = True,
+        cls,
+        base: str,
+        *,
+        call_sid: str,
+        token: str | None,
+        signature: str | None = None,
+        send_start: bool = True,
         custom: dict[str, str] | None = None,
+        auto_ack: bool = False,
     ) -> AsyncIterator[TwilioStream]:
         url = base.replace("http://", "ws://") + "/twilio/media"
         sig = signature if signature is not None else sign(PUBLIC_BASE.replace("https://", "wss://") + "/twilio/media")
         async with websockets.connect(url, additional_headers={"X-Twilio-Signature": sig}, max_size=None) as ws:
-            stream = cls(ws, call_sid, "MZ" + call_sid[2:])
+            stream = cls(ws, call_sid, "MZ" + call_sid[2:], auto_ack=auto_ack)
             if send_start:
                 await stream.start(token, custom)
             try:
@@ -158,9 +166,13 @@ class TwilioStream:
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
+                message = orjson.loads(raw)
                 async with self._new:
-                    self.received.append(orjson.loads(raw))
+                    self.received.append(message)
                     self._new.notify_all()
+                if self.auto_ack and message.get("event") == "mark":
+                    # Twilio with instant playback: echo each mark as it arrives.
+                    await self.mark(message["mark"]["name"])
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -204,18 +216,30 @@ class TwilioStream:
 
     async def mark(self, name: str) -> None:
         self.seq += 1
-        await self.send({"event": "mark", "sequenceNumber": str(self.seq), "streamSid": self.stream_sid, "mark": {"name": name}})
+        await self.send(
+            {"event": "mark", "sequenceNumber": str(self.seq), "streamSid": self.stream_sid, "mark": {"name": name}}
+        )
 
     async def dtmf(self, digit: str) -> None:
         self.seq += 1
         await self.send(
-            {"event": "dtmf", "sequenceNumber": str(self.seq), "streamSid": self.stream_sid, "dtmf": {"track": "inbound_track", "digit": digit}}
+            {
+                "event": "dtmf",
+                "sequenceNumber": str(self.seq),
+                "streamSid": self.stream_sid,
+                "dtmf": {"track": "inbound_track", "digit": digit},
+            }
         )
 
     async def stop(self) -> None:
         self.seq += 1
         await self.send(
-            {"event": "stop", "sequenceNumber": str(self.seq), "streamSid": self.stream_sid, "stop": {"accountSid": ACCOUNT_SID, "callSid": self.call_sid}}
+            {
+                "event": "stop",
+                "sequenceNumber": str(self.seq),
+                "streamSid": self.stream_sid,
+                "stop": {"accountSid": ACCOUNT_SID, "callSid": self.call_sid},
+            }
         )
 
     async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, start: int = 0) -> int:
@@ -226,10 +250,14 @@ class TwilioStream:
                     if predicate(self.received[i]):
                         return i
                 if self._reader.done():
-                    raise AssertionError(f"stream closed ({self.close_code} {self.close_reason}) before the message came")
+                    raise AssertionError(
+                        f"stream closed ({self.close_code} {self.close_reason}) before the message came"
+                    )
                 await self._new.wait()
 
-    async def wait_nth(self, predicate: Callable[[dict[str, Any]], bool], n: int, timeout: float = 10.0, start: int = 0) -> int:
+    async def wait_nth(
+        self, predicate: Callable[[dict[str, Any]], bool], n: int, timeout: float = 10.0, start: int = 0
+    ) -> int:
         """Index of the ``n``-th received message (from ``start``) matching ``predicate``."""
         seen = 0
 
@@ -247,7 +275,9 @@ class TwilioStream:
                     if nth(self.received[i]):
                         return i
                 if self._reader.done():
-                    raise AssertionError(f"stream closed ({self.close_code} {self.close_reason}) before the message came")
+                    raise AssertionError(
+                        f"stream closed ({self.close_code} {self.close_reason}) before the message came"
+                    )
                 await self._new.wait()
 
     async def wait_closed(self, timeout: float = 10.0) -> None:
@@ -258,15 +288,42 @@ class TwilioStream:
         return [m["mark"]["name"] for m in self.received[start:end] if m.get("event") == "mark"]
 
     def media_bytes(self, start: int = 0, end: int | None = None) -> int:
-        return sum(len(base64.b64decode(m["media"]["payload"])) for m in self.received[start:end] if m.get("event") == "media")
+        return sum(
+            len(base64.b64decode(m["media"]["payload"])) for m in self.received[start:end] if m.get("event") == "media"
+        )
 
 
 async def open_call(base: str, n: int, *, direction_params: dict[str, str] | None = None) -> tuple[str, str]:
     """Run the voice webhook for call ``n``; return (call_sid, stream token)."""
     sid = call_sid(n)
-    params = {"CallSid": sid, "AccountSid": ACCOUNT_SID, "From": "+15005550006", "To": "+15005550001", "Direction": "inbound"}
+    params = {
+        "CallSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": "+15005550006",
+        "To": "+15005550001",
+        "Direction": "inbound",
+    }
     params.update(direction_params or {})
     response = await post_webhook(base, "/twilio/voice", params)
     assert response.status_code == 200, response.text
     _, stream_params = twiml_stream(response.text)
     return sid, stream_params["token"]
+
+
+async def agent_turn_played(tw: TwilioStream, session: Any, response_index: int = 0) -> None:
+    """Wait until the caller side has received (and, with auto_ack, acknowledged) all the audio of
+    the emulator's ``response_index``-th completed response, so speaking next is not a barge-in."""
+    done = await session.wait_sent(lambda e: e["type"] == "response.done")
+    for _ in range(response_index):
+        done = await session.wait_sent(lambda e: e["type"] == "response.done", start=session.sent.index(done) + 1)
+    response_id = done["response"]["id"]
+    pcm_bytes = sum(
+        e.get("delta_bytes", 0)
+        for e in session.sent
+        if e["type"] == "response.output_audio.delta" and e["response_id"] == response_id
+    )
+    # 24 kHz PCM16 -> 8 kHz mu-law is 6:1; the server drains the resampler at the end of a response.
+    target = pcm_bytes // 6 - 8
+    async with asyncio.timeout(10), tw._new:
+        while tw.media_bytes() < target:
+            await tw._new.wait()

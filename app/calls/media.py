@@ -381,7 +381,7 @@ class CallSession:
         try:
             await self.ws.close(code, reason)
         except Exception as exc:  # noqa: BLE001 - the peer may already be gone
-            log.warning("call.close_failed", error=repr(exc))
+            log.debug("call.close_failed", error=repr(exc))
 
     async def _finish(self, direction: str) -> None:
         rt = self.rt

@@ -66,7 +66,7 @@ class CallerAudioPath:
 class AgentAudioPath:
     """The Realtime output format -> Twilio mu-law 8 kHz, continuous across deltas."""
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_stream", "_samples_in", "_samples_out")
 
     def __init__(self, audio_format: AudioFormat, quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY) -> None:
         self._stream = (
@@ -74,14 +74,47 @@ class AgentAudioPath:
             if audio_format == "pcm24k"
             else None
         )
+        self._samples_in = 0
+        self._samples_out = 0
 
     def convert(self, audio: bytes) -> bytes:
         if self._stream is None:
             return audio
         if len(audio) & 1:
             audio = audio[:-1]
+        self._samples_in += len(audio) // 2
         pcm8 = self._stream.resample_chunk(np.frombuffer(audio, dtype=np.int16))
+        self._samples_out += len(pcm8)
         return audioop.lin2ulaw(pcm8.tobytes(), 2)
+
+    def drain(self) -> bytes:
+        """The tail the filter still holds (the end of a response), pushed out with silence.
+
+        soxr emits output in blocks, so silence is fed until everything owed has come out; the
+        extra silence is trimmed."""
+        if self._stream is None:
+            return b""
+        owed = self._samples_in // 3 - self._samples_out
+        chunks: list[np.ndarray] = []
+        got = 0
+        for _ in range(16):
+            if got >= owed:
+                break
+            out = self._stream.resample_chunk(np.zeros(720, dtype=np.int16))
+            chunks.append(out)
+            got += len(out)
+        if not chunks or owed <= 0:
+            return b""
+        tail = np.concatenate(chunks)[:owed]
+        self._samples_out += len(tail)
+        self._samples_in = self._samples_out * 3  # the silence fed is not owed to anyone
+        return audioop.lin2ulaw(tail.tobytes(), 2)
+
+    def discard(self) -> None:
+        """Forget held audio (after a barge-in it must not leak into the next response)."""
+        if self._stream is not None:
+            self._stream.clear()
+            self._samples_in = self._samples_out = 0
 
 
 def upstream_ms(audio_format: AudioFormat, n_bytes: int) -> float:

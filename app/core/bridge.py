@@ -328,6 +328,8 @@ class CallBridge:
     def _on_audio_done(self, ev: rt.AudioDone, now_ms: int) -> list[Command]:
         out: list[Command] = []
         if ev.item_id == self._out_item:
+            if ev.response_id not in self._muted_responses:
+                self._out_buf += self._agent_audio.drain()
             self._flush_agent_audio(out)
         item = self._items.get(ev.item_id)
         if item is not None:
@@ -393,6 +395,7 @@ class CallBridge:
         assert self._twilio is not None
         out.append(SendToTwilio(self._twilio.clear()))
         self._out_buf.clear()
+        self._agent_audio.discard()
         for item_id, heard_ms in cut.items():
             item = self._items.get(item_id)
             sent_upstream = upstream_ms(self.config.audio_format, item.upstream_bytes) if item else 0.0

@@ -56,9 +56,7 @@ def twilio_error(status: int, code: int, message: str) -> httpx.Response:
 
 
 def form_of(request: httpx.Request) -> dict[str, list[str]]:
-    return parse_qs(
-        request.content.decode(), keep_blank_values=True, strict_parsing=True
-    )
+    return parse_qs(request.content.decode(), keep_blank_values=True, strict_parsing=True)
 
 
 class RecordingSleep:
@@ -108,9 +106,7 @@ def make_rest(sleep: RecordingSleep) -> Callable[..., TwilioRest]:
 async def test_create_call_sends_twilio_form_fields_auth_and_user_agent(
     router: respx.MockRouter, make_rest: Callable[..., TwilioRest]
 ) -> None:
-    route = router.post(CALLS_PATH).mock(
-        return_value=httpx.Response(201, json=call_json())
-    )
+    route = router.post(CALLS_PATH).mock(return_value=httpx.Response(201, json=call_json()))
 
     async with make_rest() as rest:
         call = await rest.create_call(
@@ -162,12 +158,8 @@ async def test_create_call_sends_twilio_form_fields_auth_and_user_agent(
 async def test_create_call_with_inline_twiml_sends_only_what_was_asked(
     router: respx.MockRouter, make_rest: Callable[..., TwilioRest]
 ) -> None:
-    route = router.post(CALLS_PATH).mock(
-        return_value=httpx.Response(201, json=call_json())
-    )
-    twiml = (
-        '<Response><Connect><Stream url="wss://h/twilio/media"/></Connect></Response>'
-    )
+    route = router.post(CALLS_PATH).mock(return_value=httpx.Response(201, json=call_json()))
+    twiml = '<Response><Connect><Stream url="wss://h/twilio/media"/></Connect></Response>'
 
     async with make_rest() as rest:
         await rest.create_call(to="+15558675310", from_="+15017122661", twiml=twiml)
@@ -183,9 +175,7 @@ async def test_create_call_with_inline_twiml_sends_only_what_was_asked(
 async def test_create_call_custom_status_callback_events_are_repeated_fields(
     router: respx.MockRouter, make_rest: Callable[..., TwilioRest]
 ) -> None:
-    route = router.post(CALLS_PATH).mock(
-        return_value=httpx.Response(201, json=call_json())
-    )
+    route = router.post(CALLS_PATH).mock(return_value=httpx.Response(201, json=call_json()))
 
     async with make_rest() as rest:
         await rest.create_call(
@@ -219,9 +209,7 @@ async def test_create_call_rejects_invalid_arguments_without_calling_twilio(
     make_rest: Callable[..., TwilioRest],
     kwargs: dict[str, Any],
 ) -> None:
-    route = router.post(CALLS_PATH).mock(
-        return_value=httpx.Response(201, json=call_json())
-    )
+    route = router.post(CALLS_PATH).mock(return_value=httpx.Response(201, json=call_json()))
 
     async with make_rest() as rest:
         with pytest.raises(ValueError):
@@ -234,9 +222,7 @@ async def test_create_call_rejects_invalid_arguments_without_calling_twilio(
 async def test_hangup_posts_status_completed_to_the_call(
     router: respx.MockRouter, make_rest: Callable[..., TwilioRest]
 ) -> None:
-    route = router.post(CALL_PATH).mock(
-        return_value=httpx.Response(200, json=call_json("completed"))
-    )
+    route = router.post(CALL_PATH).mock(return_value=httpx.Response(200, json=call_json("completed")))
 
     async with make_rest() as rest:
         call = await rest.hangup(CALL_SID)
@@ -246,12 +232,8 @@ async def test_hangup_posts_status_completed_to_the_call(
 
 
 @pytest.mark.asyncio
-async def test_update_twiml_posts_twiml(
-    router: respx.MockRouter, make_rest: Callable[..., TwilioRest]
-) -> None:
-    route = router.post(CALL_PATH).mock(
-        return_value=httpx.Response(200, json=call_json("in-progress"))
-    )
+async def test_update_twiml_posts_twiml(router: respx.MockRouter, make_rest: Callable[..., TwilioRest]) -> None:
+    route = router.post(CALL_PATH).mock(return_value=httpx.Response(200, json=call_json("in-progress")))
     twiml = "<Response><Dial>+15551230000</Dial></Response>"
 
     async with make_rest() as rest:
@@ -264,9 +246,7 @@ async def test_update_twiml_posts_twiml(
 async def test_redirect_posts_url_with_method_post(
     router: respx.MockRouter, make_rest: Callable[..., TwilioRest]
 ) -> None:
-    route = router.post(CALL_PATH).mock(
-        return_value=httpx.Response(200, json=call_json("in-progress"))
-    )
+    route = router.post(CALL_PATH).mock(return_value=httpx.Response(200, json=call_json("in-progress")))
 
     async with make_rest() as rest:
         await rest.redirect(CALL_SID, "https://switchboard.test/twilio/next")
@@ -281,9 +261,7 @@ async def test_redirect_posts_url_with_method_post(
 async def test_fetch_call_gets_the_call_resource(
     router: respx.MockRouter, make_rest: Callable[..., TwilioRest]
 ) -> None:
-    route = router.get(CALL_PATH).mock(
-        return_value=httpx.Response(200, json=call_json("ringing", direction="inbound"))
-    )
+    route = router.get(CALL_PATH).mock(return_value=httpx.Response(200, json=call_json("ringing", direction="inbound")))
 
     async with make_rest() as rest:
         call = await rest.fetch_call(CALL_SID)
@@ -326,9 +304,7 @@ async def test_rate_limited_create_call_is_retried_after_retry_after(
     )
 
     async with make_rest() as rest:
-        call = await rest.create_call(
-            to="+15558675310", from_="+15017122661", url="https://switchboard.test/v"
-        )
+        call = await rest.create_call(to="+15558675310", from_="+15017122661", url="https://switchboard.test/v")
 
     assert route.call_count == 2
     assert sleep.delays == [1.5]
@@ -342,9 +318,7 @@ async def test_retry_after_beyond_cap_gives_up_instead_of_retrying_early(
     sleep: RecordingSleep,
 ) -> None:
     route = router.post(CALL_PATH).mock(
-        return_value=httpx.Response(
-            429, headers={"Retry-After": "60"}, text="slow down"
-        )
+        return_value=httpx.Response(429, headers={"Retry-After": "60"}, text="slow down")
     )
 
     async with make_rest(retry_after_max_s=5.0) as rest:
@@ -361,9 +335,7 @@ async def test_rate_limit_without_retry_after_exhausts_retries(
     make_rest: Callable[..., TwilioRest],
     sleep: RecordingSleep,
 ) -> None:
-    route = router.post(CALL_PATH).mock(
-        return_value=twilio_error(429, 20429, "Too Many Requests")
-    )
+    route = router.post(CALL_PATH).mock(return_value=twilio_error(429, 20429, "Too Many Requests"))
 
     async with make_rest(max_retries=2) as rest:
         with pytest.raises(TwilioRateLimited) as caught:
@@ -380,9 +352,7 @@ async def test_hangup_503s_exhaust_retries_with_growing_capped_backoff(
     make_rest: Callable[..., TwilioRest],
     sleep: RecordingSleep,
 ) -> None:
-    route = router.post(CALL_PATH).mock(
-        return_value=twilio_error(503, 20503, "Service Unavailable")
-    )
+    route = router.post(CALL_PATH).mock(return_value=twilio_error(503, 20503, "Service Unavailable"))
 
     async with make_rest(max_retries=3, backoff_base_s=0.2, backoff_max_s=0.5) as rest:
         with pytest.raises(TwilioUnavailable) as caught:
@@ -410,9 +380,7 @@ async def test_backoff_uses_full_jitter_from_the_injected_random(
     )
     draws = iter([0.5, 0.25])
 
-    async with make_rest(
-        random=lambda: next(draws), backoff_base_s=1.0, backoff_max_s=10
-    ) as rest:
+    async with make_rest(random=lambda: next(draws), backoff_base_s=1.0, backoff_max_s=10) as rest:
         await rest.hangup(CALL_SID)
 
     assert sleep.delays == [0.5 * 1.0, 0.25 * 2.0]
@@ -424,9 +392,7 @@ async def test_create_call_is_not_retried_after_503_to_avoid_double_dialling(
     make_rest: Callable[..., TwilioRest],
     sleep: RecordingSleep,
 ) -> None:
-    route = router.post(CALLS_PATH).mock(
-        return_value=twilio_error(503, 20503, "Service Unavailable")
-    )
+    route = router.post(CALLS_PATH).mock(return_value=twilio_error(503, 20503, "Service Unavailable"))
 
     async with make_rest() as rest:
         with pytest.raises(TwilioUnavailable) as caught:
@@ -471,14 +437,10 @@ async def test_create_call_is_retried_when_the_request_never_left(
     sleep: RecordingSleep,
     not_sent: type[httpx.TransportError],
 ) -> None:
-    route = router.post(CALLS_PATH).mock(
-        side_effect=[not_sent, httpx.Response(201, json=call_json())]
-    )
+    route = router.post(CALLS_PATH).mock(side_effect=[not_sent, httpx.Response(201, json=call_json())])
 
     async with make_rest() as rest:
-        call = await rest.create_call(
-            to="+15558675310", from_="+15017122661", url="https://switchboard.test/v"
-        )
+        call = await rest.create_call(to="+15558675310", from_="+15017122661", url="https://switchboard.test/v")
 
     assert route.call_count == 2
     assert sleep.delays == [0.2]
@@ -577,9 +539,7 @@ async def test_invalid_to_number_raises_bad_request_with_twilio_fields(
 
     async with make_rest() as rest:
         with pytest.raises(TwilioBadRequest) as caught:
-            await rest.create_call(
-                to="+1555", from_="+15017122661", url="https://switchboard.test/v"
-            )
+            await rest.create_call(to="+1555", from_="+15017122661", url="https://switchboard.test/v")
 
     err = caught.value
     assert err.status == 400
@@ -670,9 +630,7 @@ async def test_injected_client_is_used_for_requests(
     async def on_request(request: httpx.Request) -> None:
         seen.append(request)
 
-    route = router.get(CALL_PATH).mock(
-        return_value=httpx.Response(200, json=call_json())
-    )
+    route = router.get(CALL_PATH).mock(return_value=httpx.Response(200, json=call_json()))
     async with httpx.AsyncClient(event_hooks={"request": [on_request]}) as shared:
         await make_rest(client=shared).fetch_call(CALL_SID)
 

@@ -130,8 +130,12 @@ async def test_forged_webhook_is_refused_with_problem_details(tmp_path: Path, em
         forged = await post_webhook(base, "/twilio/voice", params, signature="bm90IGEgc2lnbmF0dXJl")
         unsigned = await post_webhook(base, "/twilio/voice", params, signature="")
         tampered = await post_webhook(
-            base, "/twilio/voice", {**params, "From": "+19995550000"},
-            signature=__import__("tests.support", fromlist=["sign"]).sign("https://sb.example.test/twilio/voice", params),
+            base,
+            "/twilio/voice",
+            {**params, "From": "+19995550000"},
+            signature=__import__("tests.support", fromlist=["sign"]).sign(
+                "https://sb.example.test/twilio/voice", params
+            ),
         )
     for response in (forged, unsigned, tampered):
         assert response.status_code == 403

@@ -80,7 +80,9 @@ async def test_malformed_frames_are_skipped_and_an_oversized_frame_ends_only_tha
                 await a.send("[]")
                 for frame in good[1:]:
                     await a.media(frame)
-                await a.send('{"event":"media","media":{"payload":"' + base64.b64encode(b"\xff" * 786432).decode() + '"}}')
+                await a.send(
+                    '{"event":"media","media":{"payload":"' + base64.b64encode(b"\xff" * 786432).decode() + '"}}'
+                )
                 await a.wait_closed()
 
             async def behave() -> None:

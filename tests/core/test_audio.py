@@ -75,3 +75,12 @@ def test_agent_path_turns_24k_pcm_into_a_third_as_many_mulaw_bytes() -> None:
     assert 7800 <= len(out) <= 8000
     decoded = np.frombuffer(audioop.ulaw2lin(out, 2), dtype=np.int16)
     assert np.abs(decoded[400:]).max() > 4000
+
+
+def test_agent_path_drain_releases_the_whole_response_without_waiting_for_the_next() -> None:
+    path = AgentAudioPath("pcm24k")
+    pcm = (np.sin(2 * np.pi * 300 * np.arange(2400) / 24000) * 8000).astype(np.int16).tobytes()
+    first = sum(len(path.convert(pcm)) for _ in range(10)) + len(path.drain())
+    assert first == 8000  # exactly 1 s of mu-law for 1 s of 24 kHz audio
+    second = sum(len(path.convert(pcm)) for _ in range(10)) + len(path.drain())
+    assert second == 8000

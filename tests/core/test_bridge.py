@@ -31,7 +31,10 @@ from app.core.twilio_media import DtmfReceived, MarkAcknowledged, MediaReceived,
 def make_bridge(audio_format: str = "pcmu", **overrides: Any) -> CallBridge:
     config = BridgeConfig(
         session=rt.SessionSettings(
-            model="gpt-realtime", instructions="Be brief.", voice="marin", audio_format=audio_format,  # type: ignore[arg-type]
+            model="gpt-realtime",
+            instructions="Be brief.",
+            voice="marin",
+            audio_format=audio_format,  # type: ignore[arg-type]
             tools=BUILTIN_TOOLS,
         ),
         greeting_instructions=greeting_instructions("Acme Dental"),
@@ -71,7 +74,14 @@ def test_session_update_precedes_the_greeting_that_names_the_business() -> None:
     session = sent[0]["session"]
     assert session["type"] == "realtime"
     td = session["audio"]["input"]["turn_detection"]
-    assert set(td) >= {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response", "interrupt_response"}
+    assert set(td) >= {
+        "type",
+        "threshold",
+        "prefix_padding_ms",
+        "silence_duration_ms",
+        "create_response",
+        "interrupt_response",
+    }
     assert session["audio"]["input"]["transcription"]["model"]
     assert "Acme Dental" in sent[1]["response"]["instructions"]
 
@@ -144,7 +154,12 @@ def test_marks_echoed_after_a_clear_do_not_corrupt_the_next_response() -> None:
     bridge.handle(MarkAcknowledged(new_marks[1]), 80)
     cmds = bridge.handle(rt.SpeechStarted(0, "u2"), 90)
     truncate = next(e for e in realtime(cmds) if e["type"] == "conversation.item.truncate")
-    assert truncate == {"type": "conversation.item.truncate", "item_id": "item_b", "content_index": 0, "audio_end_ms": 40}
+    assert truncate == {
+        "type": "conversation.item.truncate",
+        "item_id": "item_b",
+        "content_index": 0,
+        "audio_end_ms": 40,
+    }
 
 
 def test_audio_of_an_interrupted_response_is_not_forwarded() -> None:
@@ -275,7 +290,9 @@ def test_transcript_keeps_caller_lines_and_cuts_agent_lines_to_what_was_heard() 
     assert agent.speaker == "agent" and agent.interrupted
     assert text.startswith(agent.text) and 0 < len(agent.text) < len(text)
     caller = of(bridge.handle(rt.InputTranscribed("u1", " I need an appointment "), 900), SaveTranscript)
-    assert [(c.line.speaker, c.line.text, c.line.offset_ms) for c in caller] == [("caller", "I need an appointment", 510)]
+    assert [(c.line.speaker, c.line.text, c.line.offset_ms) for c in caller] == [
+        ("caller", "I need an appointment", 510)
+    ]
 
 
 def test_a_fully_played_agent_line_is_saved_whole_once() -> None:

@@ -55,7 +55,12 @@ def test_twilio_messages_parse_into_events() -> None:
         orjson.dumps(
             {
                 "event": "start",
-                "start": {"streamSid": "MZ1", "callSid": "CA1", "accountSid": "AC1", "customParameters": {"token": "t"}},
+                "start": {
+                    "streamSid": "MZ1",
+                    "callSid": "CA1",
+                    "accountSid": "AC1",
+                    "customParameters": {"token": "t"},
+                },
             }
         )
     )
@@ -100,7 +105,12 @@ def test_audio_append_is_valid_json_with_the_audio() -> None:
 def test_server_events_parse_and_unknown_types_pass_through() -> None:
     delta = rt.parse_server_event(
         orjson.dumps(
-            {"type": "response.output_audio.delta", "response_id": "r", "item_id": "i", "delta": base64.b64encode(b"ab").decode()}
+            {
+                "type": "response.output_audio.delta",
+                "response_id": "r",
+                "item_id": "i",
+                "delta": base64.b64encode(b"ab").decode(),
+            }
         )
     )
     assert delta == rt.AudioDelta("r", "i", b"ab")

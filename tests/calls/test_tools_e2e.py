@@ -1,0 +1,164 @@
+"""Agent tools through the real server: Twilio REST calls asserted with respx."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+
+from app.calls.tools import AgentTool, ToolContext, ToolRegistry
+from app.emulator.config import EmulatorConfig
+from app.emulator.server import RealtimeEmulator
+from tests.support import ACCOUNT_SID, SILENCE, TWILIO_API, TwilioStream, make_settings, open_call, serve, speech_frames
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
+
+
+async def say_turn(tw: TwilioStream) -> None:
+    """One caller turn: speech, then enough silence for the server VAD to end it."""
+    for frame in speech_frames(0.5):
+        await tw.media(frame)
+    for _ in range(40):
+        await tw.media(SILENCE)
+
+
+def twilio_call_route(mock: respx.MockRouter, sid: str) -> tuple[respx.Route, asyncio.Event]:
+    called = asyncio.Event()
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        called.set()
+        return httpx.Response(200, json={"sid": sid, "status": "completed"})
+
+    route = mock.post(f"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json").mock(side_effect=reply)
+    return route, called
+
+
+async def test_end_call_hangs_up_through_twilio_rest_after_the_goodbye(tmp_path: Path) -> None:
+    config = EmulatorConfig(
+        tts="synthetic",
+        transcripts=["ok, please hang up now"],
+        function_calls={"hang up": ("end_call", {"reason": "caller is done"})},
+    )
+    async with RealtimeEmulator(config) as emulator, respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        settings = make_settings(tmp_path, realtime_url=emulator.url)
+        async with serve(settings) as base:
+            sid, token = await open_call(base, 30)
+            route, called = twilio_call_route(mock, sid)
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                await tw.wait_for(lambda m: m["event"] == "media")
+                await say_turn(tw)
+                await asyncio.wait_for(called.wait(), 10)
+                await tw.stop()
+                await tw.wait_closed()
+    form = parse_qs(route.calls.last.request.content.decode())
+    assert form == {"Status": ["completed"]}
+    assert route.calls.last.request.headers["authorization"].startswith("Basic ")
+
+
+async def test_transfer_speaks_a_handoff_line_then_dials_the_human(tmp_path: Path) -> None:
+    config = EmulatorConfig(
+        tts="synthetic",
+        transcripts=["can I talk to a person"],
+        function_calls={"person": ("transfer_to_human", {"reason": "asked for a person"})},
+    )
+    async with RealtimeEmulator(config) as emulator, respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        settings = make_settings(tmp_path, realtime_url=emulator.url, transfer_number="+15550001111")
+        async with serve(settings) as base:
+            sid, token = await open_call(base, 31)
+            route, called = twilio_call_route(mock, sid)
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                await tw.wait_for(lambda m: m["event"] == "media")
+                await say_turn(tw)
+                await asyncio.wait_for(called.wait(), 10)
+                session = await emulator.wait_for_session(0)
+                await tw.stop()
+                await tw.wait_closed()
+    twiml = parse_qs(route.calls.last.request.content.decode())["Twiml"][0]
+    assert "<Dial><Number>+15550001111</Number></Dial>" in twiml
+    handoff = [e for e in session.received if e["type"] == "response.create" and "transfer" in str(e)]
+    assert handoff, "the agent was asked to say a handoff line before the transfer"
+    outputs = [
+        e
+        for e in session.received
+        if e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output"
+    ]
+    assert outputs and "transferring" in outputs[0]["item"]["output"]
+
+
+async def _failing(arguments: dict[str, Any], context: ToolContext) -> Any:
+    raise RuntimeError("ledger is down")
+
+
+async def _hanging(arguments: dict[str, Any], context: ToolContext) -> Any:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    ("tool", "expected"),
+    [
+        (
+            AgentTool("check_balance", "Look up the balance", {"type": "object", "properties": {}}, _failing),
+            "ledger is down",
+        ),
+        (
+            AgentTool(
+                "check_balance", "Look up the balance", {"type": "object", "properties": {}}, _hanging, timeout_s=0.3
+            ),
+            "timed out",
+        ),
+    ],
+    ids=["raises", "times-out"],
+)
+async def test_a_failing_custom_tool_returns_an_error_to_the_model_and_the_call_goes_on(
+    tmp_path: Path, tool: AgentTool, expected: str
+) -> None:
+    tools = ToolRegistry()
+    tools.add(tool)
+    config = EmulatorConfig(
+        tts="synthetic", transcripts=["what is my balance"], function_calls={"balance": ("check_balance", {})}
+    )
+    async with RealtimeEmulator(config) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url)
+        async with serve(settings, tools=tools) as base:
+            sid, token = await open_call(base, 32)
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                session = await emulator.wait_for_session(0)
+                update = await session.wait_for(lambda e: e["type"] == "session.update")
+                assert "check_balance" in [t["name"] for t in update["session"]["tools"]]
+                await tw.wait_for(lambda m: m["event"] == "media")
+                await say_turn(tw)
+                output = await session.wait_for(
+                    lambda e: e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output"
+                )
+                assert expected in output["item"]["output"] and "error" in output["item"]["output"]
+                follow_up = await session.wait_for(
+                    lambda e: e["type"] == "response.create", start=session.received.index(output)
+                )
+                assert follow_up
+                # The call goes on: the agent speaks again after the failure.
+                reply = await session.wait_sent(lambda e: e["type"] == "response.done", start=len(session.sent))
+                assert reply["response"]["status"] == "completed"
+                await tw.stop()
+                await tw.wait_closed()
+    assert tw.close_code == 1000
+
+
+async def test_dtmf_digits_reach_the_model(tmp_path: Path) -> None:
+    async with RealtimeEmulator(EmulatorConfig(tts="synthetic")) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url)
+        async with serve(settings) as base:
+            sid, token = await open_call(base, 33)
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                session = await emulator.wait_for_session(0)
+                await tw.dtmf("7")
+                item = await session.wait_for(lambda e: e["type"] == "conversation.item.create")
+                await tw.stop()
+                await tw.wait_closed()
+    assert item["item"]["role"] == "user" and "7" in item["item"]["content"][0]["text"]

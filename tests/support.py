@@ -8,8 +8,8 @@ import audioop
 import base64
 import socket
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any

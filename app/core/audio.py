@@ -66,7 +66,7 @@ class CallerAudioPath:
 class AgentAudioPath:
     """The Realtime output format -> Twilio mu-law 8 kHz, continuous across deltas."""
 
-    __slots__ = ("_stream", "_samples_in", "_samples_out")
+    __slots__ = ("_samples_in", "_samples_out", "_stream")
 
     def __init__(self, audio_format: AudioFormat, quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY) -> None:
         self._stream = (

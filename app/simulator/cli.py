@@ -73,6 +73,8 @@ async def archived_transcript(settings: Settings, call_sid: str, *, wait_s: floa
             if asyncio.get_running_loop().time() >= deadline:
                 return f"transcript: call {call_sid} is not in the archive at {settings.effective_database_url}"
             await asyncio.sleep(0.2)
+    finally:
+        await engine.dispose()
 
 
 def summarize(result: CallResult, *, saved_to: Path | None = None) -> str:

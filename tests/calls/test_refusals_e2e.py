@@ -13,7 +13,7 @@ import pytest
 from app.core.stream_token import issue_stream_token
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
-from tests.support import PUBLIC_BASE, TwilioStream, call_sid, make_settings, open_call, serve, sign, tone_frames
+from tests.support import PUBLIC_BASE, TwilioStream, make_settings, open_call, serve, sign, tone_frames
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 

@@ -208,10 +208,11 @@ class TwilioStream:
 
     async def media(self, frame: bytes) -> None:
         self.seq += 1
+        payload = base64.b64encode(frame).decode()
         await self.send(
-            '{"event":"media","sequenceNumber":"%d","streamSid":"%s","media":{"track":"inbound","chunk":"%d",'
-            '"timestamp":"%d","payload":"%s"}}'
-            % (self.seq, self.stream_sid, self.seq, self.seq * 20, base64.b64encode(frame).decode())
+            f'{{"event":"media","sequenceNumber":"{self.seq}","streamSid":"{self.stream_sid}","media":'
+            f'{{"track":"inbound","chunk":"{self.seq}","timestamp":"{self.seq * 20}","payload":"{payload}"}}}}'
+        )
         )
 
     async def mark(self, name: str) -> None:

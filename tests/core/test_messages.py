@@ -41,7 +41,7 @@ def test_a_token_admits_only_its_own_call_before_expiry() -> None:
 
 def test_a_token_whose_payload_was_edited_is_refused() -> None:
     token = issue_stream_token(secret=SECRET, call_sid="CA1", now_s=1000, ttl_s=60)
-    payload, sig = token.split(".")
+    _payload, sig = token.split(".")
     forged = base64.urlsafe_b64encode(b"CA1.99999999").rstrip(b"=").decode()
     with pytest.raises(StreamTokenError, match="signature"):
         verify_stream_token(f"{forged}.{sig}", secret=SECRET, call_sid="CA1", now_s=1001)

@@ -213,7 +213,6 @@ class TwilioStream:
             f'{{"event":"media","sequenceNumber":"{self.seq}","streamSid":"{self.stream_sid}","media":'
             f'{{"track":"inbound","chunk":"{self.seq}","timestamp":"{self.seq * 20}","payload":"{payload}"}}}}'
         )
-        )
 
     async def mark(self, name: str) -> None:
         self.seq += 1

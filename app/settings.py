@@ -47,7 +47,6 @@ class Settings(BaseSettings):
     agent_instructions: str = DEFAULT_INSTRUCTIONS
     agent_voice: str = "marin"
     transfer_number: str | None = None
-    callback_number: str | None = None
     tool_modules: list[str] = Field(default_factory=list)
     tool_timeout_s: float = 8.0
 
@@ -71,7 +70,7 @@ class Settings(BaseSettings):
             raise ValueError("PUBLIC_BASE_URL must be an absolute http(s) URL")
         return v.rstrip("/")
 
-    @field_validator("transfer_number", "callback_number", "redis_url", "database_url", mode="before")
+    @field_validator("transfer_number", "redis_url", "database_url", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v

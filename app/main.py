@@ -83,6 +83,10 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings, tools=tools)
         app.state.runtime = runtime
+        if settings.openai_api_key is None and "api.openai.com" in settings.openai_realtime_url:
+            log.warning(
+                "openai.no_api_key", detail="OPENAI_API_KEY unset: calls will fail; run scripts/dev for the emulator"
+            )
         log.info(
             "app.started",
             database=runtime.engine.url.render_as_string(hide_password=True),
@@ -93,8 +97,6 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         try:
             yield
         finally:
-            if runtime.background:
-                await asyncio.wait(runtime.background, timeout=10)
             await runtime.twilio.aclose()
             await runtime.realtime.aclose()
             await runtime.redis.aclose()

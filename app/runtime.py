@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
 from redis.asyncio import Redis
@@ -34,19 +31,6 @@ class Runtime:
     twilio: TwilioRest
     tools: ToolRegistry
     bridge_config: BridgeConfig
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
-        """A task the app keeps a reference to and waits for at shutdown."""
-        task = asyncio.create_task(coro, name=name)
-        self.background.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self.background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background_task.failed", task=task.get_name(), error=repr(task.exception()))
 
 
 def make_redis(settings: Settings) -> Redis:

@@ -87,8 +87,16 @@ async def voice(request: Request) -> Response:
 @router.post("/resume")
 async def resume(request: Request) -> Response:
     """Twilio runs this after our server closes the stream. The resilience issue resumes the call here."""
+    rt: Runtime = request.app.state.runtime
     form = await signed_form(request)
-    log.info("call.resume_requested", call_sid=_field(form, "CallSid"))
+    call_sid = _field(form, "CallSid")
+    meta = await rt.call_store.get_meta(call_sid) if call_sid else {}
+    log.info("call.resume_requested", call_sid=call_sid, end_requested=meta.get("end_requested"))
+    # A call the agent already ended or handed off gets what it asked for, not an apology.
+    if meta.get("end_requested") == "transfer" and meta.get("transfer_to"):
+        return Response(twiml.dial(str(meta["transfer_to"])), media_type=TWIML)
+    if meta.get("end_requested") == "hangup":
+        return Response(twiml.hang_up(), media_type=TWIML)
     return Response(twiml.apologise_and_hang_up(APOLOGY), media_type=TWIML)
 
 

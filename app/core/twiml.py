@@ -32,5 +32,7 @@ def dial(number: str, *, caller_id: str | None = None) -> str:
     return str(response)
 
 
-def empty() -> str:
-    return str(VoiceResponse())
+def hang_up() -> str:
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -14,7 +15,17 @@ import respx
 from app.calls.tools import AgentTool, ToolContext, ToolRegistry
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
-from tests.support import ACCOUNT_SID, SILENCE, TWILIO_API, TwilioStream, make_settings, open_call, serve, speech_frames
+from tests.support import (
+    ACCOUNT_SID,
+    SILENCE,
+    TWILIO_API,
+    TwilioStream,
+    make_settings,
+    open_call,
+    post_webhook,
+    serve,
+    speech_frames,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 
@@ -56,6 +67,9 @@ async def test_end_call_hangs_up_through_twilio_rest_after_the_goodbye(tmp_path:
                 await asyncio.wait_for(called.wait(), 10)
                 await tw.stop()
                 await tw.wait_closed()
+            # Should Twilio still follow the <Redirect>, an ended call just hangs up: no apology.
+            resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
+    assert [child.tag for child in ET.fromstring(resume.text)] == ["Hangup"]
     form = parse_qs(route.calls.last.request.content.decode())
     assert form == {"Status": ["completed"]}
     assert route.calls.last.request.headers["authorization"].startswith("Basic ")
@@ -80,6 +94,8 @@ async def test_transfer_speaks_a_handoff_line_then_dials_the_human(tmp_path: Pat
                 session = await emulator.wait_for_session(0)
                 await tw.stop()
                 await tw.wait_closed()
+            resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
+    assert ET.fromstring(resume.text).find("./Dial/Number").text == "+15550001111"  # type: ignore[union-attr]
     twiml = parse_qs(route.calls.last.request.content.decode())["Twiml"][0]
     assert "<Dial><Number>+15550001111</Number></Dial>" in twiml
     handoff = [e for e in session.received if e["type"] == "response.create" and "transfer" in str(e)]

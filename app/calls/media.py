@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import ConnectionClosed
 
@@ -294,7 +294,11 @@ class CallSession:
             kind = type(command)
             if kind is SendToTwilio:
                 if not self._closed:
-                    await self.ws.send_text(command.text)  # type: ignore[union-attr]
+                    try:
+                        await self.ws.send_text(command.text)  # type: ignore[union-attr]
+                    except (WebSocketDisconnect, RuntimeError):
+                        # Twilio went away mid-send; its pump sees the disconnect and ends the call.
+                        self._closed = True
             elif kind is SendToRealtime:
                 if self.upstream is not None:
                     await self.upstream.send(command.data)  # type: ignore[union-attr]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import audioop
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import soxr
 
 from app.core.audio import CallerAudioPath
-from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from tests.support import (
     SILENCE,
@@ -24,12 +22,6 @@ from tests.support import (
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RealtimeEmulator]:
-    async with RealtimeEmulator(EmulatorConfig(tts="synthetic")) as emu:
-        yield emu
 
 
 async def test_caller_audio_arrives_as_24k_pcm_three_samples_per_mulaw_sample(

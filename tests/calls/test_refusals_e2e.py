@@ -5,23 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from app.core.stream_token import issue_stream_token
-from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from tests.support import PUBLIC_BASE, TwilioStream, make_settings, open_call, serve, sign, tone_frames
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RealtimeEmulator]:
-    async with RealtimeEmulator(EmulatorConfig(tts="synthetic")) as emu:
-        yield emu
 
 
 async def test_upgrades_and_start_events_that_fail_admission_close_1008_before_any_upstream(

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     openai_realtime_url: str = "wss://api.openai.com/v1"
     openai_realtime_model: str = "gpt-realtime"
     audio_format: Literal["pcm24k", "pcmu"] = "pcm24k"
-    resample_quality: Literal["LQ", "MQ", "HQ", "VHQ"] = "MQ"
+    resample_quality: Literal["LQ", "MQ", "HQ", "VHQ"] = "HQ"
 
     # State
     redis_url: str | None = None

@@ -14,9 +14,10 @@ import soxr
 
 AudioFormat = Literal["pcm24k", "pcmu"]
 ResampleQuality = Literal["LQ", "MQ", "HQ", "VHQ"]
-# MQ: flat to 3.6 kHz (the whole telephone band) with 30 ms of filter delay each way; HQ adds
-# 13 ms more per direction for precision mu-law audio does not have; LQ rolls off 8 dB at 3.4 kHz.
-DEFAULT_RESAMPLE_QUALITY: ResampleQuality = "MQ"
+# soxr streams hold audio back (filter delay plus block processing). Measured on 20 ms frames
+# (docs/PERFORMANCE.md): HQ delays the caller's end of turn by 20-60 ms (mean 42 ms), MQ by 20-80 ms
+# (mean 55 ms), LQ by 20-40 ms but rolls off 8 dB at 3.4 kHz, inside the telephone band. HQ it is.
+DEFAULT_RESAMPLE_QUALITY: ResampleQuality = "HQ"
 
 TWILIO_RATE = 8000
 REALTIME_PCM_RATE = 24000

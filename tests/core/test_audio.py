@@ -7,7 +7,7 @@ import audioop
 import numpy as np
 import soxr
 
-from app.core.audio import AgentAudioPath, CallerAudioPath
+from app.core.audio import DEFAULT_RESAMPLE_QUALITY, AgentAudioPath, CallerAudioPath
 
 
 def tone_mulaw(freq_hz: float, seconds: float, rate: int = 8000, amplitude: float = 0.5) -> bytes:
@@ -39,7 +39,7 @@ def test_frame_by_frame_tone_matches_one_shot_resample_at_60_db() -> None:
     mulaw = tone_mulaw(1000, 2.0)
     streamed = stream_frames(path, mulaw)
     pcm8 = np.frombuffer(audioop.ulaw2lin(mulaw, 2), dtype=np.int16)
-    one_shot = soxr.resample(pcm8.astype(np.float64), 8000, 24000, quality="MQ")
+    one_shot = soxr.resample(pcm8.astype(np.float64), 8000, 24000, quality=DEFAULT_RESAMPLE_QUALITY)
     # The stream is delayed by its fixed filter delay; the one-shot result is delay-compensated.
     delay = path.delay_samples
     aligned_stream = streamed[: len(one_shot) - delay]
@@ -53,9 +53,9 @@ def test_per_frame_stateless_resampling_would_fail_the_same_check() -> None:
     """Guards the test above: resampling each frame on its own clicks and loses the SNR."""
     mulaw = tone_mulaw(1000, 1.0)
     pcm8 = np.frombuffer(audioop.ulaw2lin(mulaw, 2), dtype=np.int16).astype(np.float64)
-    chunks = [soxr.resample(pcm8[i : i + 160], 8000, 24000, quality="MQ") for i in range(0, len(pcm8), 160)]
+    chunks = [soxr.resample(pcm8[i : i + 160], 8000, 24000, quality=DEFAULT_RESAMPLE_QUALITY) for i in range(0, len(pcm8), 160)]
     stateless = np.concatenate(chunks)
-    one_shot = soxr.resample(pcm8, 8000, 24000, quality="MQ")
+    one_shot = soxr.resample(pcm8, 8000, 24000, quality=DEFAULT_RESAMPLE_QUALITY)
     n = min(len(stateless), len(one_shot))
     assert snr_db(one_shot[240:n], stateless[240:n]) < 60.0
 

@@ -164,6 +164,7 @@ class EmulatedSession:
         self.sent: list[dict[str, Any]] = self._sent.events
         """Every server event sent; audio deltas carry ``delta_bytes`` instead of ``delta``."""
         self.audio_in = bytearray()
+        self.binary_frames = 0
         """Decoded input audio, in the input format it arrived in."""
         self.truncations: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []
@@ -339,6 +340,9 @@ class EmulatedSession:
     # ----- receiving -----------------------------------------------------------------------
 
     async def _handle_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            # Clients send JSON events as text frames; count binary ones so tests can insist on text.
+            self.binary_frames += 1
         try:
             event = orjson.loads(message)
         except orjson.JSONDecodeError as exc:

@@ -68,6 +68,7 @@ async def test_pcmu_mode_forwards_mulaw_untouched(tmp_path: Path, emulator: Real
             await tw.wait_closed()
     assert session.session_config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert bytes(session.audio_in) == b"".join(frames)
+    assert session.binary_frames == 0  # JSON events travel as text frames, as the SDK sends them
     assert tw.received[first]["streamSid"] == tw.stream_sid
 
 

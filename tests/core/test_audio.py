@@ -53,7 +53,10 @@ def test_per_frame_stateless_resampling_would_fail_the_same_check() -> None:
     """Guards the test above: resampling each frame on its own clicks and loses the SNR."""
     mulaw = tone_mulaw(1000, 1.0)
     pcm8 = np.frombuffer(audioop.ulaw2lin(mulaw, 2), dtype=np.int16).astype(np.float64)
-    chunks = [soxr.resample(pcm8[i : i + 160], 8000, 24000, quality=DEFAULT_RESAMPLE_QUALITY) for i in range(0, len(pcm8), 160)]
+    chunks = [
+        soxr.resample(pcm8[i : i + 160], 8000, 24000, quality=DEFAULT_RESAMPLE_QUALITY)
+        for i in range(0, len(pcm8), 160)
+    ]
     stateless = np.concatenate(chunks)
     one_shot = soxr.resample(pcm8, 8000, 24000, quality=DEFAULT_RESAMPLE_QUALITY)
     n = min(len(stateless), len(one_shot))

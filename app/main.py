@@ -11,12 +11,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from twilio.request_validator import RequestValidator
 
 from app.adapters.call_store import CallStore
 from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
 from app.archive.router import router as calls_router
+from app.calls.live import TakeoverListener
 from app.calls.media import router as media_router
+from app.calls.sweeper import run_sweeper
 from app.calls.tools import ToolRegistry, load_tool_modules
 from app.calls.webhooks import router as webhooks_router
 from app.core.bridge import BridgeConfig
@@ -38,13 +41,16 @@ def build_runtime(settings: Settings, *, tools: ToolRegistry | None = None) -> R
         tools = ToolRegistry(default_timeout_s=settings.tool_timeout_s)
         load_tool_modules(tools, settings.tool_modules)
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "no-key"
+    call_store = CallStore(redis)
     return Runtime(
         settings=settings,
         metrics=Metrics(),
         engine=engine,
         sessionmaker=make_sessionmaker(engine),
         redis=redis,
-        call_store=CallStore(redis),
+        call_store=call_store,
+        takeovers=TakeoverListener(call_store),
+        twilio_signatures=RequestValidator(settings.twilio_auth_token.get_secret_value()),
         realtime=RealtimeConnector(
             api_key=api_key, websocket_base_url=settings.openai_realtime_url, model=settings.openai_realtime_model
         ),
@@ -83,6 +89,8 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings, tools=tools)
         app.state.runtime = runtime
+        runtime.takeovers.start()
+        sweeper = asyncio.create_task(run_sweeper(runtime), name="orphan-sweeper")
         if settings.openai_api_key is None and "api.openai.com" in settings.openai_realtime_url:
             log.warning(
                 "openai.no_api_key", detail="OPENAI_API_KEY unset: calls will fail; run scripts/dev for the emulator"
@@ -97,6 +105,9 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         try:
             yield
         finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+            await runtime.takeovers.stop()
             await runtime.twilio.aclose()
             await runtime.realtime.aclose()
             await runtime.redis.aclose()

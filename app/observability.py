@@ -35,7 +35,7 @@ class Metrics:
         r = self.registry
         self.calls_started = Counter("switchboard_calls_started", "Media streams admitted", ["direction"], registry=r)
         self.calls_active = Gauge("switchboard_calls_active", "Media streams in progress", registry=r)
-        self.calls_ended = Counter("switchboard_calls_ended", "Media streams ended", ["reason"], registry=r)
+        self.calls_ended = Counter("switchboard_calls_ended", "Media streams ended", ["status"], registry=r)
         self.streams_rejected = Counter(
             "switchboard_streams_rejected", "Media streams refused before bridging", ["reason"], registry=r
         )
@@ -52,6 +52,34 @@ class Metrics:
         self.barge_ins = Counter("switchboard_barge_ins", "Caller interruptions of agent audio", registry=r)
         self.upstream_connect_seconds = Histogram(
             "switchboard_upstream_connect_seconds", "Time to open a Realtime session", registry=r
+        )
+        self.live_write_retries = Counter(
+            "switchboard_live_state_write_retries", "Redis writes of live call state retried", registry=r
+        )
+        self.upstream_reconnects = Counter(
+            "switchboard_upstream_reconnects", "Realtime sessions replaced mid-call", ["reason"], registry=r
+        )
+        self.upstream_recovery_seconds = Histogram(
+            "switchboard_upstream_recovery_seconds",
+            "From losing a Realtime session to the next one being ready",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.upstream_failures = Counter(
+            "switchboard_upstream_failures", "Calls given up after the reconnect deadline", registry=r
+        )
+        self.calls_resumed = Counter("switchboard_calls_resumed", "Streams that resumed a live call", registry=r)
+        self.streams_taken_over = Counter(
+            "switchboard_streams_taken_over", "Streams closed because another stream took their call", registry=r
+        )
+        self.caller_frames_held = Counter(
+            "switchboard_caller_frames_held", "Caller frames buffered while no Realtime session was ready", registry=r
+        )
+        self.caller_frames_replayed = Counter(
+            "switchboard_caller_frames_replayed", "Held caller frames sent to a new Realtime session", registry=r
+        )
+        self.orphans_archived = Counter(
+            "switchboard_orphans_archived", "Calls archived by the sweeper after their lease expired", registry=r
         )
         self.twilio_rest_errors = Counter(
             "switchboard_twilio_rest_errors", "Twilio REST calls that failed", ["operation"], registry=r

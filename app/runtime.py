@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
 
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from twilio.request_validator import RequestValidator
 
 from app.adapters.call_store import CallStore
 from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
+from app.calls.live import TakeoverListener
 from app.calls.tools import ToolRegistry
 from app.core.bridge import BridgeConfig
 from app.observability import Metrics
@@ -31,6 +36,9 @@ class Runtime:
     twilio: TwilioRest
     tools: ToolRegistry
     bridge_config: BridgeConfig
+    takeovers: TakeoverListener
+    twilio_signatures: RequestValidator
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}")
 
 
 def make_redis(settings: Settings) -> Redis:

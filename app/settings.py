@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_TWILIO_AUTH_TOKEN = "dev-twilio-auth-token"
@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     max_ws_message_bytes: int = 64 * 1024
     max_bad_frames: int = 50
 
+    # Resilience
+    lease_ttl_s: float = 6.0
+    lease_renew_s: float = 2.0
+    upstream_recovery_deadline_s: float = 10.0
+    realtime_session_max_s: float = 55 * 60.0
+    sweep_interval_s: float = 5.0
+    orphan_grace_s: float = 30.0
+
     # Server
     host: str = "127.0.0.1"
     port: int = 8000
@@ -74,6 +82,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _no_dev_token_in_public(self) -> Settings:
+        host = urlsplit(self.public_base_url).hostname or ""
+        public = host not in ("127.0.0.1", "localhost", "::1")
+        if public and self.twilio_auth_token.get_secret_value() == DEV_TWILIO_AUTH_TOKEN:
+            raise ValueError("TWILIO_AUTH_TOKEN must be set when PUBLIC_BASE_URL is not a loopback address")
+        return self
 
     @property
     def public_ws_base(self) -> str:

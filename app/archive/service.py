@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -39,7 +40,17 @@ class CallRecord:
 
 
 async def archive_call(sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord) -> bool:
-    """Insert the call, its transcript and events in one transaction. False if already archived."""
+    """Insert the call, its transcript and events in one transaction. False if already archived.
+
+    Idempotent across processes: the unique call_sid makes a racing second insert fail, which is
+    reported as "already archived"."""
+    try:
+        return await _insert_call(sessionmaker, record)
+    except IntegrityError:
+        return False
+
+
+async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord) -> bool:
     async with sessionmaker() as session, session.begin():
         existing = await session.scalar(select(Call.id).where(Call.call_sid == record.call_sid))
         if existing is not None:

@@ -1,27 +1,31 @@
 """The media WebSocket: the only code that awaits both Twilio's socket and the Realtime socket.
 
-All decisions are the bridge's (app/core/bridge.py); this module feeds it events from two pumps
-and carries out its commands. Per frame it does: receive, parse, bridge, send. No logging, no
-model construction, no awaits besides the sockets.
+All decisions are the bridge's (app/core/bridge.py); this module feeds it events and carries out
+its commands. Per caller frame it does: receive, parse, bridge, send; no logging, no model
+construction, no awaits besides the sockets.
+
+Around that hot path it keeps the call alive: live state written through to Redis, a lease that
+says which stream drives the call, a new Realtime session when one drops, expires or reaches its
+age limit (caller audio is held meanwhile and replayed), and the archive at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from twilio.request_validator import RequestValidator
+from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from app.adapters.openai_realtime import RealtimeUpstream
 from app.adapters.twilio_rest import TwilioError
-from app.archive.service import CallEventRecord, CallRecord, archive_call
+from app.archive.service import CallEventRecord
+from app.calls.archiving import archive_live_call, event_to_dict
+from app.calls.live import LiveState, line_from_dict
 from app.calls.tools import ToolContext
 from app.core import twiml
 from app.core.bridge import (
@@ -35,12 +39,12 @@ from app.core.bridge import (
     SendToTwilio,
     Tick,
     ToolFinished,
-    TranscriptLine,
     TransferCall,
+    UpstreamLost,
     UpstreamReady,
 )
-from app.core.realtime_events import RealtimeEventError, parse_server_event
-from app.core.stream_token import StreamTokenError, verify_stream_token
+from app.core.realtime_events import RealtimeError, RealtimeEventError, parse_server_event
+from app.core.stream_token import RESUME, StreamTokenError, verify_stream_token
 from app.core.twilio_media import (
     StreamConnected,
     StreamStarted,
@@ -57,11 +61,13 @@ CLOSE_NORMAL = 1000
 CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
 
 START_TIMEOUT_S = 10.0
-UPSTREAM_CONNECT_TIMEOUT_S = 10.0
+UPSTREAM_CONNECT_TIMEOUT_S = 5.0
 TICK_S = 0.25
+TRANSCRIPT_WAIT_S = 1.5
+FLUSH_TIMEOUT_S = 5.0
+BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 class StreamRefused(Exception):
@@ -77,8 +83,7 @@ async def media_stream(ws: WebSocket) -> None:
     rt: Runtime = ws.app.state.runtime
     signature = ws.headers.get("x-twilio-signature", "")
     await ws.accept()
-    validator = RequestValidator(rt.settings.twilio_auth_token.get_secret_value())
-    if not signature or not validator.validate(rt.settings.public_ws_base + "/twilio/media", {}, signature):
+    if not signature or not rt.twilio_signatures.validate(rt.settings.public_ws_base + "/twilio/media", {}, signature):
         rt.metrics.streams_rejected.labels("signature").inc()
         await ws.close(CLOSE_POLICY, "invalid Twilio signature")
         return
@@ -86,24 +91,32 @@ async def media_stream(ws: WebSocket) -> None:
 
 
 class CallSession:
-    """One admitted media stream, from its start event to the archive."""
+    """One media stream for one call, from its start event to the archive (or a hand-over)."""
 
     def __init__(self, rt: Runtime, ws: WebSocket) -> None:
         self.rt = rt
         self.ws = ws
         self._loop = asyncio.get_running_loop()
-        self.bridge: CallBridge | None = None
+        self.bridge: CallBridge
+        self.live: LiveState
         self.upstream: RealtimeUpstream | None = None
-        self.lines: list[TranscriptLine] = []
-        self.events: list[CallEventRecord] = []
+        self.start: StreamStarted
+        self.events: dict[str, CallEventRecord] = {}
+        self._event_seq = 0
+        self._epoch = 0
+        self._holder = ""
         self.end_reason = "unknown"
         self.status = "completed"
+        self.final = True  # False: the call goes on elsewhere (stream lost, taken over)
         self.bad_frames = 0
         self._closed = False
+        self._stopped = False
+        self._ending = False
+        self._rolling_over = False
+        self._upstream_opened_at = 0.0
+        self._transcripts_settled = asyncio.Event()
+        self._taken_over = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._start: StreamStarted | None = None
-        self._meta: dict[str, Any] = {}
-        self._started_at = datetime.now(UTC)
 
     def now_ms(self) -> int:
         return int(self._loop.time() * 1000)
@@ -111,7 +124,6 @@ class CallSession:
     # -- admission ---------------------------------------------------------------------------
 
     async def _receive_start(self) -> StreamStarted:
-        """Read up to the start event; refuse the stream on anything unusable."""
         limit = self.rt.settings.max_ws_message_bytes
         async with asyncio.timeout(START_TIMEOUT_S):
             while True:
@@ -131,7 +143,7 @@ class CallSession:
                     raise StreamRefused(CLOSE_POLICY, "expected a start event", "bad_start")
                 return ev
 
-    async def _admit(self) -> StreamStarted:
+    async def _admit(self) -> tuple[StreamStarted, str]:
         try:
             start = await self._receive_start()
         except TimeoutError as exc:
@@ -140,7 +152,7 @@ class CallSession:
         if start.account_sid and start.account_sid != settings.twilio_account_sid:
             raise StreamRefused(CLOSE_POLICY, "stream for another Twilio account", "account")
         try:
-            verify_stream_token(
+            kind = verify_stream_token(
                 start.custom_parameters.get("token"),
                 secret=settings.stream_secret,
                 call_sid=start.call_sid,
@@ -148,73 +160,136 @@ class CallSession:
             )
         except StreamTokenError as exc:
             raise StreamRefused(CLOSE_POLICY, exc.reason, "token") from exc
-        return start
+        return start, kind
+
+    async def _claim(self, kind: str, meta: dict[str, Any]) -> None:
+        """Take the call's lease: refused while another stream holds it, unless this one resumes."""
+        rt = self.rt
+        if meta.get("status") == "ended":
+            raise StreamRefused(CLOSE_POLICY, "call already ended", "ended")
+        try:
+            epoch, previous = await rt.call_store.acquire_lease(
+                self.start.call_sid,
+                node=rt.node_id,
+                ttl_ms=int(rt.settings.lease_ttl_s * 1000),
+                now_ms=int(time.time() * 1000),
+                takeover=kind == RESUME,
+            )
+        except (RedisError, OSError) as exc:
+            # Redis away at admission: drive the call anyway (it matters more) and say so.
+            log.warning("call.lease_unavailable", error=repr(exc))
+            self._event("lease_unavailable", {"error": type(exc).__name__})
+            return
+        if epoch == 0:
+            raise StreamRefused(CLOSE_POLICY, "call already has an active media stream", "duplicate")
+        self._epoch = epoch
+        self._holder = f"{rt.node_id}:{epoch}"
+        if previous:
+            # Tell the old stream, wherever it is, to stop driving this call.
+            try:
+                await rt.call_store.redis.publish(rt.call_store.takeover_channel(self.start.call_sid), self._holder)
+            except (RedisError, OSError) as exc:
+                log.warning("call.takeover_notice_failed", error=repr(exc))
+            self._event("stream_took_over", {"previous": previous})
 
     # -- the call ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         rt = self.rt
         try:
-            start = await self._admit()
+            self.start, kind = await self._admit()
+            structlog.contextvars.bind_contextvars(call_sid=self.start.call_sid)
+            meta, lines = await self._load_live_state()
+            await self._claim(kind, meta)
         except StreamRefused as refused:
             rt.metrics.streams_rejected.labels(refused.metric).inc()
             await self._close(refused.code, refused.reason)
+            structlog.contextvars.unbind_contextvars("call_sid")
             return
-        self._start = start
-        structlog.contextvars.bind_contextvars(call_sid=start.call_sid)
         try:
-            await self._bridge_call(start)
+            await self._drive(kind, meta, lines)
         finally:
             structlog.contextvars.unbind_contextvars("call_sid")
 
-    async def _bridge_call(self, start: StreamStarted) -> None:
-        rt = self.rt
-        self._started_at = datetime.now(UTC)
-        self._meta = await rt.call_store.get_meta(start.call_sid)
-        direction = start.custom_parameters.get("direction") or self._meta.get("direction", "inbound")
-        rt.metrics.calls_started.labels(direction).inc()
-        rt.metrics.calls_active.inc()
-        bridge = self.bridge = CallBridge(rt.bridge_config, started_at_ms=self.now_ms())
-        log.info("call.stream_started", stream_sid=start.stream_sid, direction=direction)
+    async def _load_live_state(self) -> tuple[dict[str, Any], list[Any]]:
         try:
-            await self._execute(bridge.handle(start, self.now_ms()))
-            try:
-                with rt.metrics.upstream_connect_seconds.time():
-                    async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
-                        self.upstream = await rt.realtime.connect()
-            except Exception as exc:  # noqa: BLE001 - any failure to reach upstream ends this call only
-                log.error("call.upstream_unavailable", error=repr(exc))
-                self.status, self.end_reason = "failed", "realtime upstream unavailable"
-                self._event("upstream_unavailable", {"error": type(exc).__name__})
-                await self._close(CLOSE_INTERNAL, "realtime upstream unavailable")
-                return
-            await self._execute(bridge.handle(UpstreamReady(), self.now_ms()))
-            await self._pump_until_done()
+            meta = await self.rt.call_store.get_meta(self.start.call_sid)
+            lines = [line_from_dict(d) for d in await self.rt.call_store.get_lines(self.start.call_sid)]
+            return meta, lines
+        except (RedisError, OSError) as exc:
+            log.warning("call.live_state_unavailable", error=repr(exc))
+            self._event("live_state_unavailable", {"error": type(exc).__name__})
+            return {}, []
+
+    async def _drive(self, kind: str, meta: dict[str, Any], lines: list[Any]) -> None:
+        rt = self.rt
+        start = self.start
+        wall_ms = int(time.time() * 1000)
+        started_ms = int(meta.get("started_at_ms") or wall_ms)
+        direction = start.custom_parameters.get("direction") or meta.get("direction", "inbound")
+        self.live = LiveState(rt.call_store, start.call_sid, rt.metrics)
+        self.live.start()
+        self.live.meta(
+            {
+                "call_sid": start.call_sid,
+                "stream_sid": start.stream_sid,
+                "direction": direction,
+                "started_at_ms": started_ms,
+                "status": "in-progress",
+                "owner": self._holder or rt.node_id,
+            }
+        )
+        rt.takeovers.register(start.call_sid, self._on_taken_over)
+        resumed = kind == RESUME or bool(lines)
+        self.bridge = CallBridge(
+            rt.bridge_config,
+            started_at_ms=self.now_ms() - max(0, wall_ms - started_ms),
+            history=lines,
+            greeted=bool(meta.get("greeted")),
+        )
+        rt.metrics.calls_started.labels(direction).inc()
+        if resumed:
+            rt.metrics.calls_resumed.inc()
+        rt.metrics.calls_active.inc()
+        log.info(
+            "call.stream_started", stream_sid=start.stream_sid, direction=direction, resumed=resumed, lines=len(lines)
+        )
+        try:
+            await self._execute(self.bridge.handle(start, self.now_ms()))
+            if resumed:
+                self._event("stream_resumed", {"lines_restored": len(lines), "kind": kind})
+            await self._run_pumps()
         except Exception as exc:
             log.exception("call.failed")
             self.status, self.end_reason = "failed", f"internal error: {type(exc).__name__}"
         finally:
             await self._finish(direction)
 
-    async def _pump_until_done(self) -> None:
-        pumps = [
-            asyncio.create_task(self._twilio_pump(), name="twilio-pump"),
-            asyncio.create_task(self._upstream_pump(), name="upstream-pump"),
-            asyncio.create_task(self._ticker(), name="ticker"),
-        ]
+    async def _run_pumps(self) -> None:
+        twilio = asyncio.create_task(self._twilio_pump(), name="twilio-pump")
+        upstream = asyncio.create_task(self._upstream_supervisor(), name="upstream")
+        ticker = asyncio.create_task(self._ticker(), name="ticker")
+        taken = asyncio.create_task(self._taken_over.wait(), name="takeover")
+        pumps = [twilio, upstream, ticker, taken]
         try:
-            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([twilio, upstream, taken], return_when=asyncio.FIRST_COMPLETED)
+            if twilio in done and self._stopped and not upstream.done() and self.bridge.awaiting_transcription:
+                # The caller hung up right after speaking: let their last words' transcription land.
+                self._transcripts_settled.clear()
+                waiter = asyncio.create_task(self._transcripts_settled.wait())
+                await asyncio.wait([waiter, upstream], timeout=TRANSCRIPT_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
         finally:
+            self._ending = True
             for task in pumps:
                 task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            results = await asyncio.gather(*pumps, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
 
     async def _twilio_pump(self) -> None:
         bridge = self.bridge
-        assert bridge is not None
         receive = self.ws.receive
         handle = bridge.handle
         execute = self._execute
@@ -224,68 +299,185 @@ class CallSession:
         while True:
             msg = await receive()
             if msg["type"] == "websocket.disconnect":
-                self.end_reason = self.end_reason if self.end_reason != "unknown" else "twilio disconnected"
                 self._closed = True
+                if self.end_reason == "unknown":
+                    # No stop event: Twilio lost us, not the caller. It follows the <Redirect> to
+                    # /twilio/resume and a new stream carries on; the live state stays for it.
+                    self.end_reason = "stream lost"
+                    self.final = False
                 return
             data = msg.get("text")
             if data is None:
                 data = msg.get("bytes") or b""
             if len(data) > limit:
-                self._bad_frame("too_big")
-                self.status, self.end_reason = "failed", "oversized frame from Twilio"
-                await self._close(CLOSE_TOO_BIG, f"frame larger than {limit} bytes")
+                self._bad_frame("too_big", "frame too large")
+                await self._end_with(CLOSE_TOO_BIG, f"frame larger than {limit} bytes", "oversized frame from Twilio")
                 return
             try:
                 ev = parse_twilio_message(data)
             except TwilioMessageError as exc:
-                self._bad_frame(exc.reason)
+                self._bad_frame(exc.code, exc.reason)
                 if self.bad_frames > max_bad:
-                    self.status, self.end_reason = "failed", "too many invalid frames from Twilio"
-                    await self._close(CLOSE_INVALID_DATA, "too many invalid frames")
+                    await self._end_with(CLOSE_INVALID_DATA, "too many invalid frames", "too many invalid frames")
                     return
                 continue
             commands = handle(ev, now_ms())
             if commands:
                 await execute(commands)
             if type(ev) is StreamStopped:
+                self._stopped = True
                 if self.end_reason == "unknown":
                     self.end_reason = "caller hung up"
                 return
 
-    async def _upstream_pump(self) -> None:
+    async def _end_with(self, code: int, reason: str, end_reason: str) -> None:
+        """We end the stream for bad input: the call ends (resume hangs up instead of reconnecting)."""
+        self.status, self.end_reason = "failed", end_reason
+        self.live.meta({"end_requested": "failed"})
+        await self._close(code, reason)
+
+    # -- the Realtime side -------------------------------------------------------------------
+
+    async def _upstream_supervisor(self) -> None:
+        """Keep a Realtime session open: reconnect with backoff, give up past the deadline."""
+        rt = self.rt
         bridge = self.bridge
-        upstream = self.upstream
-        assert bridge is not None and upstream is not None
+        deadline_s = rt.settings.upstream_recovery_deadline_s
+        lost_at: float | None = None
+        attempt = 0
+        while True:
+            try:
+                with rt.metrics.upstream_connect_seconds.time():
+                    async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
+                        upstream = await rt.realtime.connect()
+            except Exception as exc:  # noqa: BLE001 - any failure to reach upstream is retried
+                now = self._loop.time()
+                lost_at = lost_at if lost_at is not None else now
+                if now - lost_at >= deadline_s:
+                    await self._upstream_failed(repr(exc))
+                    return
+                log.warning("call.upstream_connect_failed", error=repr(exc), attempt=attempt)
+                await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)] or 0.05)
+                attempt += 1
+                continue
+            self.upstream = upstream
+            self._upstream_opened_at = self._loop.time()
+            held = bridge.frames_held
+            await self._execute(bridge.handle(UpstreamReady(), self.now_ms()))
+            if lost_at is not None:
+                recovery_s = self._loop.time() - lost_at
+                rt.metrics.upstream_recovery_seconds.observe(recovery_s)
+                rt.metrics.caller_frames_replayed.inc(min(held, rt.bridge_config.max_buffered_frames))
+                self._event("upstream_recovered", {"recovery_ms": round(recovery_s * 1000), "attempts": attempt + 1})
+                log.info("call.upstream_recovered", recovery_ms=round(recovery_s * 1000), attempts=attempt + 1)
+            lost_at, attempt = None, 0
+            reason = await self._read_upstream(upstream)
+            self.upstream = None
+            await upstream.close()
+            if reason is None:
+                return
+            lost_at = self._loop.time()
+            rt.metrics.upstream_reconnects.labels(reason.split(" ")[0]).inc()
+            log.info("call.upstream_lost", reason=reason)
+            held_before = bridge.frames_held
+            await self._execute(bridge.handle(UpstreamLost(reason), self.now_ms()))
+            rt.metrics.caller_frames_held.inc(max(0, bridge.frames_held - held_before))
+
+    async def _read_upstream(self, upstream: RealtimeUpstream) -> str | None:
+        """Feed the bridge until the session is lost (returns why) or the call ends (None)."""
+        bridge = self.bridge
         recv = upstream.recv
         handle = bridge.handle
         execute = self._execute
         now_ms = self.now_ms
+        expired = False
         while True:
             try:
                 raw = await recv()
             except ConnectionClosed as exc:
+                if self._ending:
+                    return None
+                if self._rolling_over:
+                    self._rolling_over = False
+                    return "rollover"
                 code = exc.rcvd.code if exc.rcvd is not None else 1006
-                self.status, self.end_reason = "failed", f"realtime session closed ({code})"
-                self._event("upstream_closed", {"code": code})
-                await self._close(CLOSE_NORMAL, "realtime session ended")
-                return
+                return "session_expired" if expired else f"closed {code}"
+            except OSError as exc:
+                return f"network {type(exc).__name__}"
             try:
                 ev = parse_server_event(raw)
             except RealtimeEventError as exc:
                 self._event("upstream_bad_event", {"error": str(exc)})
                 continue
+            if type(ev) is RealtimeError and ev.code == "session_expired":
+                expired = True
             commands = handle(ev, now_ms())
             if commands:
                 await execute(commands)
+            if self._stopped and not bridge.awaiting_transcription:
+                self._transcripts_settled.set()
+
+    async def _upstream_failed(self, error: str) -> None:
+        """No Realtime session within the deadline: apologise and hand over (or hang up), via resume."""
+        rt = self.rt
+        rt.metrics.upstream_failures.inc()
+        self.status, self.end_reason = "failed", "realtime unavailable past the reconnect deadline"
+        number = rt.settings.transfer_number
+        self.live.meta({"end_requested": "upstream_failed", **({"transfer_to": number} if number else {})})
+        self._event("upstream_failed", {"error": error, "transfer_to": number})
+        await self.live.flush(FLUSH_TIMEOUT_S)
+        # Twilio now runs the <Redirect>: /twilio/resume apologises, then dials the human or hangs up.
+        await self._close(CLOSE_NORMAL, "realtime unavailable")
+
+    def _maybe_roll_over(self) -> None:
+        """Replace the Realtime session before its 60-minute limit, at a quiet moment."""
+        upstream = self.upstream
+        if upstream is None or self._rolling_over:
+            return
+        age = self._loop.time() - self._upstream_opened_at
+        if age >= self.rt.settings.realtime_session_max_s and self.bridge.quiet:
+            self._rolling_over = True
+            self._event("upstream_rollover", {"age_s": round(age)})
+            self._spawn(upstream.close(), "rollover")
+
+    # -- lease and takeover ------------------------------------------------------------------
+
+    def _on_taken_over(self, holder: str) -> None:
+        if holder != self._holder:
+            self._taken_over.set()
+
+    async def _renew_lease(self) -> None:
+        if not self._holder:
+            return
+        try:
+            ok = await self.rt.call_store.renew_lease(
+                self.start.call_sid,
+                holder=self._holder,
+                ttl_ms=int(self.rt.settings.lease_ttl_s * 1000),
+                now_ms=int(time.time() * 1000),
+            )
+        except (RedisError, OSError):
+            return  # Redis away: keep driving; the lease is renewed when it is back
+        if not ok:
+            self._taken_over.set()
 
     async def _ticker(self) -> None:
         bridge = self.bridge
-        assert bridge is not None
+        renew_every = max(1, int(self.rt.settings.lease_renew_s / TICK_S))
+        ticks = 0
+        greeted = bridge.greeted
         while True:
             await asyncio.sleep(TICK_S)
+            ticks += 1
             commands = bridge.handle(Tick(), self.now_ms())
             if commands:
                 await self._execute(commands)
+            if bridge.greeted and not greeted:
+                greeted = True
+                self.live.meta({"greeted": True})
+            if ticks % renew_every == 0:
+                await self._renew_lease()
+            self._maybe_roll_over()
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -297,21 +489,23 @@ class CallSession:
                     try:
                         await self.ws.send_text(command.text)  # type: ignore[union-attr]
                     except (WebSocketDisconnect, RuntimeError):
-                        # Twilio went away mid-send; its pump sees the disconnect and ends the call.
+                        # Twilio went away mid-send; its pump sees the disconnect.
                         self._closed = True
             elif kind is SendToRealtime:
-                if self.upstream is not None:
-                    await self.upstream.send(command.data)  # type: ignore[union-attr]
+                upstream = self.upstream
+                if upstream is not None:
+                    try:
+                        await upstream.send(command.data)  # type: ignore[union-attr]
+                    except ConnectionClosed:
+                        pass  # the reader sees the loss; the bridge re-sends recent audio to the next session
             elif kind is SaveTranscript:
-                self.lines.append(command.line)  # type: ignore[union-attr]
+                self.live.line(command.line)  # type: ignore[union-attr]
             elif kind is RecordCallEvent:
                 self._on_call_event(command)  # type: ignore[arg-type]
             elif kind is RunTool:
                 self._spawn(self._run_tool(command), "tool")  # type: ignore[arg-type]
-            elif kind is HangUp:
-                self._spawn(self._hang_up(command), "hangup")  # type: ignore[arg-type]
-            elif kind is TransferCall:
-                self._spawn(self._transfer(command), "transfer")  # type: ignore[arg-type]
+            elif kind is HangUp or kind is TransferCall:
+                self._spawn(self._end_call(command), "end-call")  # type: ignore[arg-type]
 
     def _on_call_event(self, command: RecordCallEvent) -> None:
         self._event(command.kind, command.detail)
@@ -319,12 +513,19 @@ class CallSession:
             self.rt.metrics.barge_ins.inc()
 
     def _event(self, kind: str, detail: dict[str, Any]) -> None:
-        offset = self.now_ms() - self.bridge.started_at_ms if self.bridge is not None else None
-        self.events.append(CallEventRecord(kind, detail, offset, datetime.now(UTC)))
+        bridge = getattr(self, "bridge", None)
+        offset = self.now_ms() - bridge.started_at_ms if bridge is not None else None
+        self._event_seq += 1
+        key = f"{self._epoch:06d}-{self._event_seq:06d}"
+        record = CallEventRecord(kind, detail, offset, datetime.now(UTC))
+        self.events[key] = record
+        live = getattr(self, "live", None)
+        if live is not None:
+            live.event(key, event_to_dict(record))
 
-    def _bad_frame(self, reason: str) -> None:
+    def _bad_frame(self, code: str, reason: str) -> None:
         self.bad_frames += 1
-        self.rt.metrics.bad_frames.labels(reason.split(" ")[0] if len(reason) > 40 else reason).inc()
+        self.rt.metrics.bad_frames.labels(code).inc()
         if self.bad_frames <= 5:
             self._event("bad_frame", {"reason": reason})
 
@@ -334,8 +535,7 @@ class CallSession:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_tool(self, command: RunTool) -> None:
-        start = self._start
-        assert start is not None and self.bridge is not None
+        start = self.start
         context = ToolContext(
             call_sid=start.call_sid,
             direction=start.custom_parameters.get("direction", "inbound"),
@@ -349,32 +549,36 @@ class CallSession:
         except Exception as exc:  # noqa: BLE001 - the call may have ended meanwhile
             log.warning("call.tool_result_undelivered", tool=command.name, error=repr(exc))
 
-    async def _hang_up(self, command: HangUp) -> None:
-        start = self._start
-        assert start is not None
-        self.end_reason = f"agent hung up: {command.reason}"
-        await self.rt.call_store.put_meta(start.call_sid, {"end_requested": "hangup"})
+    async def _end_call(self, command: HangUp | TransferCall) -> None:
+        """Hang up or transfer through Twilio REST; if REST fails, close the stream and let the
+        <Redirect> to /twilio/resume do the same from the recorded end request."""
+        rt = self.rt
+        sid = self.start.call_sid
+        if isinstance(command, HangUp):
+            name, request, twiml_doc = "end_call", {"end_requested": "hangup"}, None
+            self.end_reason = f"agent hung up: {command.reason}"
+        else:
+            name = "transfer_to_human"
+            request = {"end_requested": "transfer", "transfer_to": command.number}
+            twiml_doc = twiml.dial(command.number)
+            self.end_reason = f"transferred to a human: {command.reason}"
+        self.live.meta(request)
         try:
-            await self.rt.twilio.hangup(start.call_sid)
-            self.rt.metrics.tool_calls.labels("end_call", "ok").inc()
-        except TwilioError as exc:
-            self.rt.metrics.twilio_rest_errors.labels("hangup").inc()
-            self._event("hangup_failed", {"status": exc.status, "code": exc.code, "message": exc.message})
-            # Closing the stream makes Twilio fetch /twilio/resume, which hangs up ended calls.
+            if twiml_doc is None:
+                await rt.twilio.hangup(sid)
+            else:
+                await rt.twilio.update_twiml(sid, twiml_doc)
+            rt.metrics.tool_calls.labels(name, "ok").inc()
+        except Exception as exc:  # noqa: BLE001 - any failure falls back to the redirect
+            rt.metrics.twilio_rest_errors.labels(name).inc()
+            detail = (
+                {"status": exc.status, "code": exc.code, "message": exc.message}
+                if isinstance(exc, TwilioError)
+                else {"error": repr(exc)}
+            )
+            self._event(f"{name}_rest_failed", detail)
+            await self.live.flush(FLUSH_TIMEOUT_S)
             await self._close(CLOSE_NORMAL, "call ended")
-
-    async def _transfer(self, command: TransferCall) -> None:
-        start = self._start
-        assert start is not None
-        self.end_reason = f"transferred to a human: {command.reason}"
-        await self.rt.call_store.put_meta(start.call_sid, {"end_requested": "transfer", "transfer_to": command.number})
-        try:
-            await self.rt.twilio.update_twiml(start.call_sid, twiml.dial(command.number))
-            self.rt.metrics.tool_calls.labels("transfer_to_human", "ok").inc()
-        except TwilioError as exc:
-            self.rt.metrics.twilio_rest_errors.labels("transfer").inc()
-            self._event("transfer_failed", {"status": exc.status, "code": exc.code, "message": exc.message})
-            await self._close(CLOSE_NORMAL, "transfer")
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -390,54 +594,60 @@ class CallSession:
     async def _finish(self, direction: str) -> None:
         rt = self.rt
         bridge = self.bridge
-        assert bridge is not None and self._start is not None
+        sid = self.start.call_sid
+        rt.takeovers.unregister(sid)
+        taken_over = self._taken_over.is_set()
+        if taken_over:
+            self.final = False
+            self.end_reason = "taken over by another stream"
+            rt.metrics.streams_taken_over.inc()
         pending = list(self._tasks)
         if pending:
-            # Hang-up and transfer REST calls must complete; tools of a finished call need not.
+            # Hang-up and transfer REST calls complete; tools of a finished call need not.
             for task in pending:
                 if task.get_name() == "tool":
                     task.cancel()
             await asyncio.wait(pending, timeout=15)
         tail: list[Command] = []
         bridge.finish(tail)
-        for command in tail:
-            if isinstance(command, SaveTranscript):
-                self.lines.append(command.line)
+        await self._execute([c for c in tail if isinstance(c, SaveTranscript | RecordCallEvent)])
         if self.upstream is not None:
             await self.upstream.close()
         rt.metrics.calls_active.dec()
-        rt.metrics.calls_ended.labels(self.status).inc()
         rt.metrics.frames_in.inc(bridge.frames_in)
-        record = CallRecord(
-            call_sid=self._start.call_sid,
-            stream_sid=self._start.stream_sid,
-            direction=direction,
-            from_number=self._meta.get("from"),
-            to_number=self._meta.get("to"),
-            status=self.status,
-            end_reason=self.end_reason,
-            started_at=self._started_at,
-            ended_at=datetime.now(UTC),
-            usage={"responses": bridge.usage} if bridge.usage else None,
-            lines=[
-                dataclasses.replace(line, seq=i) for i, line in enumerate(sorted(self.lines, key=_line_order), start=1)
-            ],
-            events=self.events,
-        )
-        try:
-            await archive_call(rt.sessionmaker, record)
-        except Exception:
-            log.exception("call.archive_failed")
-        # Closed after archiving, so whoever waits for the close can read the archive.
-        await self._close(CLOSE_NORMAL, "call ended")
+        if self.final:
+            rt.metrics.calls_ended.labels(self.status).inc()
+            self.live.meta({"status": "ended", "end_reason": self.end_reason})
+            flushed = await self.live.flush(FLUSH_TIMEOUT_S)
+            try:
+                await archive_live_call(
+                    rt,
+                    sid,
+                    status=self.status,
+                    end_reason=self.end_reason,
+                    lines=bridge.history,
+                    events=self.events,
+                    usage={"responses": bridge.usage} if bridge.usage else None,
+                )
+            except Exception:
+                log.exception("call.archive_failed", live_state_flushed=flushed)
+        else:
+            # The call goes on elsewhere: make sure our part is in Redis, then let go of the lease.
+            await self.live.flush(FLUSH_TIMEOUT_S)
+            if self._holder and not taken_over:
+                try:
+                    await rt.call_store.release_lease(sid, holder=self._holder)
+                except (RedisError, OSError):
+                    pass
+        await self.live.close()
+        close_reason = "call taken over by another stream" if taken_over else "call ended"
+        await self._close(CLOSE_POLICY if taken_over else CLOSE_NORMAL, close_reason)
         log.info(
-            "call.ended",
+            "call.ended" if self.final else "call.stream_detached",
             status=self.status,
             reason=self.end_reason,
-            lines=len(self.lines),
+            lines=len(bridge.history),
             frames_in=bridge.frames_in,
+            frames_dropped=bridge.frames_dropped,
             bad_frames=self.bad_frames,
         )
-
-
-_line_order: Callable[[TranscriptLine], tuple[int, int]] = lambda line: (line.offset_ms, line.seq)  # noqa: E731

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import structlog
 from fastapi import APIRouter, Request, Response
+from redis.exceptions import RedisError
 from starlette.datastructures import FormData
-from twilio.request_validator import RequestValidator
 
 from app.archive.service import record_call_event
 from app.core import twiml
-from app.core.stream_token import issue_stream_token
+from app.core.stream_token import RESUME, STREAM, issue_stream_token
 from app.problems import ProblemError
 from app.runtime import Runtime
 
@@ -21,6 +21,7 @@ log = structlog.get_logger()
 
 TWIML = "application/xml"
 APOLOGY = "We're sorry, we could not continue this call. Please call back in a moment. Goodbye."
+HANDOFF_APOLOGY = "We're sorry, we are having technical trouble. Let me connect you with a colleague."
 
 
 def public_url(rt: Runtime, request: Request) -> str:
@@ -35,8 +36,7 @@ async def signed_form(request: Request) -> FormData:
     rt: Runtime = request.app.state.runtime
     form = await request.form()
     signature = request.headers.get("x-twilio-signature", "")
-    validator = RequestValidator(rt.settings.twilio_auth_token.get_secret_value())
-    if not signature or not validator.validate(public_url(rt, request), form, signature):
+    if not signature or not rt.twilio_signatures.validate(public_url(rt, request), form, signature):
         rt.metrics.webhooks_rejected.labels(request.url.path).inc()
         raise ProblemError(
             403, "Invalid Twilio signature", "X-Twilio-Signature does not match this request's URL and parameters."
@@ -49,11 +49,15 @@ def _field(form: FormData, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def stream_twiml(rt: Runtime, *, call_sid: str, direction: str, extra: dict[str, str] | None = None) -> str:
+def stream_twiml(rt: Runtime, *, call_sid: str, direction: str, kind: str = STREAM) -> str:
     token = issue_stream_token(
-        secret=rt.settings.stream_secret, call_sid=call_sid, now_s=time.time(), ttl_s=rt.settings.stream_token_ttl_s
+        secret=rt.settings.stream_secret,
+        call_sid=call_sid,
+        now_s=time.time(),
+        ttl_s=rt.settings.stream_token_ttl_s,
+        kind=kind,
     )
-    params = {"token": token, "direction": direction, **(extra or {})}
+    params = {"token": token, "direction": direction}
     return twiml.connect_stream(
         stream_url=rt.settings.public_ws_base + "/twilio/media",
         parameters=params,
@@ -90,14 +94,34 @@ async def resume(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     form = await signed_form(request)
     call_sid = _field(form, "CallSid")
-    meta = await rt.call_store.get_meta(call_sid) if call_sid else {}
-    log.info("call.resume_requested", call_sid=call_sid, end_requested=meta.get("end_requested"))
-    # A call the agent already ended or handed off gets what it asked for, not an apology.
-    if meta.get("end_requested") == "transfer" and meta.get("transfer_to"):
-        return Response(twiml.dial(str(meta["transfer_to"])), media_type=TWIML)
-    if meta.get("end_requested") == "hangup":
-        return Response(twiml.hang_up(), media_type=TWIML)
-    return Response(twiml.apologise_and_hang_up(APOLOGY), media_type=TWIML)
+    try:
+        meta = await rt.call_store.get_meta(call_sid) if call_sid else {}
+    except (RedisError, OSError) as exc:
+        log.warning("call.resume_without_live_state", call_sid=call_sid, error=repr(exc))
+        meta = {}
+    return Response(resume_twiml(rt, call_sid, meta), media_type=TWIML)
+
+
+def resume_twiml(rt: Runtime, call_sid: str, meta: dict[str, object]) -> str:
+    """What a call whose stream closed does next, from its live state."""
+    end = meta.get("end_requested")
+    log.info("call.resume_requested", call_sid=call_sid, end_requested=end, status=meta.get("status"))
+    transfer_to = meta.get("transfer_to")
+    if end == "transfer" and transfer_to:
+        return twiml.dial(str(transfer_to))
+    if end == "hangup":
+        return twiml.hang_up()
+    if end == "upstream_failed":
+        return (
+            twiml.apologise_and_dial(HANDOFF_APOLOGY, str(transfer_to))
+            if transfer_to
+            else twiml.apologise_and_hang_up(APOLOGY)
+        )
+    if not meta or end or meta.get("status") == "ended":
+        return twiml.apologise_and_hang_up(APOLOGY)
+    # The stream was lost (a node died, a network blip): a new stream on any node takes the call over.
+    direction = str(meta.get("direction") or "inbound")
+    return stream_twiml(rt, call_sid=call_sid, direction=direction, kind=RESUME)
 
 
 @router.post("/status", status_code=204)

@@ -67,7 +67,7 @@ class CallerAudioPath:
 class AgentAudioPath:
     """The Realtime output format -> Twilio mu-law 8 kHz, continuous across deltas."""
 
-    __slots__ = ("_samples_in", "_samples_out", "_stream")
+    __slots__ = ("_odd", "_samples_in", "_samples_out", "_stream")
 
     def __init__(self, audio_format: AudioFormat, quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY) -> None:
         self._stream = (
@@ -77,12 +77,17 @@ class AgentAudioPath:
         )
         self._samples_in = 0
         self._samples_out = 0
+        self._odd = b""
 
     def convert(self, audio: bytes) -> bytes:
         if self._stream is None:
             return audio
+        if self._odd:
+            audio = self._odd + audio
+            self._odd = b""
         if len(audio) & 1:
-            audio = audio[:-1]
+            # Keep the stray byte for the next delta; dropping it would misalign every sample after it.
+            audio, self._odd = audio[:-1], audio[-1:]
         self._samples_in += len(audio) // 2
         pcm8 = self._stream.resample_chunk(np.frombuffer(audio, dtype=np.int16))
         self._samples_out += len(pcm8)
@@ -116,6 +121,7 @@ class AgentAudioPath:
         if self._stream is not None:
             self._stream.clear()
             self._samples_in = self._samples_out = 0
+            self._odd = b""
 
 
 def upstream_ms(audio_format: AudioFormat, n_bytes: int) -> float:

@@ -8,8 +8,9 @@ values. Time is always passed in.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,13 @@ from app.core.twilio_media import (
 @dataclass(slots=True)
 class UpstreamReady:
     """The Realtime socket is open; session.update may be sent."""
+
+
+@dataclass(slots=True)
+class UpstreamLost:
+    """The Realtime socket is gone (dropped, expired, or closed by us to roll over)."""
+
+    reason: str
 
 
 @dataclass(slots=True)
@@ -120,6 +128,9 @@ class BridgeConfig:
     custom_tools: frozenset[str] = frozenset()
     mark_interval_bytes: int = 160  # a mark after every 20 ms of agent audio
     max_buffered_frames: int = 150  # caller audio held while upstream is not ready (3 s)
+    replay_frames: int = 25  # caller audio re-sent after an upstream loss: the old socket may have eaten it
+    history_items: int = 40  # restored as conversation items; older turns are summarised in instructions
+    summary_chars: int = 4000
     end_action_grace_ms: int = 15_000  # hang up/transfer even if Twilio never echoes the last mark
     handoff_instructions: str = HANDOFF_INSTRUCTIONS
     resample_quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY
@@ -140,6 +151,11 @@ class _AgentItem:
     audio_done: bool = False
     finalized: bool = False
 
+    @property
+    def text(self) -> str:
+        """The final transcript, or what has streamed of it so far."""
+        return self.transcript if self.transcript is not None else "".join(self.transcript_parts)
+
 
 def cut_transcript(text: str, heard_ms: int, total_ms: float) -> str:
     """The part of ``text`` the caller heard, assuming speech evenly spread over ``total_ms``."""
@@ -149,17 +165,31 @@ def cut_transcript(text: str, heard_ms: int, total_ms: float) -> str:
     if keep >= len(text):
         return text
     head = text[:keep]
-    if keep < len(text) and not text[keep].isspace() and " " in head:
-        head = head[: head.rfind(" ")]
+    if not text[keep].isspace():
+        # never keep part of a word
+        head = head[: head.rfind(" ")] if " " in head else ""
     return head.rstrip()
+
+
+def _summary(lines: Sequence[TranscriptLine], max_chars: int) -> str:
+    """Older turns folded into the instructions of a new session (its items hold the recent ones)."""
+    said = [f"{'Caller' if line.speaker == 'caller' else 'You'}: {line.text}" for line in lines]
+    text = "\n".join(said)
+    if len(text) > max_chars:
+        text = "...\n" + text[-max_chars:]
+    return "Earlier in this call (continue from here; do not greet the caller again):\n" + text
 
 
 class CallBridge:
     """Decides everything about one call; see the module docstring."""
 
-    def __init__(self, config: BridgeConfig, *, started_at_ms: int) -> None:
+    def __init__(
+        self, config: BridgeConfig, *, started_at_ms: int, history: Sequence[TranscriptLine] = (), greeted: bool = False
+    ) -> None:
         self.config = config
         self.started_at_ms = started_at_ms
+        self.history: list[TranscriptLine] = list(history)
+        self.greeted = greeted or bool(history)
         self.call_sid: str | None = None
         self.stream_sid: str | None = None
         self.custom_parameters: dict[str, str] = {}
@@ -169,8 +199,11 @@ class CallBridge:
         self.playback = PlaybackTracker()
         self.upstream_ready = False
         self._held_audio: deque[bytes] = deque(maxlen=config.max_buffered_frames)
+        self._recent_audio: deque[bytes] = deque(maxlen=config.replay_frames)
         self.frames_in = 0
+        self.frames_held = 0
         self.frames_dropped = 0
+        self.caller_speaking = False
 
         # response sequencing
         self._server_response: str | None = None
@@ -180,18 +213,19 @@ class CallBridge:
         self._queued_creates: deque[str | None] = deque()
         self._muted_responses: set[str] = set()
         self._function_calls: dict[str, list[rt.FunctionCallReady]] = {}
-        self.tools_running = 0
 
         # agent audio and transcript
         self._items: dict[str, _AgentItem] = {}
+        self._finished_items: set[str] = set()
         self._out_item: str | None = None
         self._out_buf = bytearray()
         self._speech_offsets: dict[str, int] = {}
-        self._line_seq = 0
+        self._line_seq = max((line.seq for line in self.history), default=0)
         self.usage: list[dict[str, Any]] = []
 
         # pending end of call
         self._end_action: HangUp | TransferCall | None = None
+        self._end_call_id: str | None = None
         self._end_deadline_ms = 0
         self.ended = False
 
@@ -201,7 +235,7 @@ class CallBridge:
             MarkAcknowledged: self._on_mark,
             rt.TranscriptDelta: self._on_transcript_delta,
             rt.SpeechStarted: self._on_speech_started,
-            rt.SpeechStopped: self._ignore,
+            rt.SpeechStopped: self._on_speech_stopped,
             rt.ResponseCreated: self._on_response_created,
             rt.ResponseDone: self._on_response_done,
             rt.AudioDone: self._on_audio_done,
@@ -216,6 +250,7 @@ class CallBridge:
             DtmfReceived: self._on_dtmf,
             StreamStopped: self._on_stop,
             UpstreamReady: self._on_upstream_ready,
+            UpstreamLost: self._on_upstream_lost,
             ToolFinished: self._on_tool_finished,
             Tick: self._on_tick,
         }
@@ -244,10 +279,12 @@ class CallBridge:
         self.frames_in += 1
         audio = self._caller_audio.convert(ev.payload)
         if not self.upstream_ready:
+            self.frames_held += 1
             if len(self._held_audio) == self._held_audio.maxlen:
                 self.frames_dropped += 1
             self._held_audio.append(audio)
             return []
+        self._recent_audio.append(audio)
         return [SendToRealtime(rt.audio_append(audio))]
 
     def _on_dtmf(self, ev: DtmfReceived, now_ms: int) -> list[Command]:
@@ -278,30 +315,83 @@ class CallBridge:
         for item in list(self._items.values()):
             if item.finalized:
                 continue
-            text = item.transcript if item.transcript is not None else "".join(item.transcript_parts)
             heard = self.playback.played_ms(item.item_id)
             total = upstream_ms(self.config.audio_format, item.upstream_bytes)
-            self._emit_agent_line(item, text, heard, total, out)
+            self._emit_agent_line(item, item.text, heard, total, out)
 
     # -- Realtime side --------------------------------------------------------------------
 
     def _on_upstream_ready(self, ev: UpstreamReady, now_ms: int) -> list[Command]:
+        """A (new) session: configure it, restore the conversation, greet once, replay held audio."""
         self.upstream_ready = True
-        out: list[Command] = [SendToRealtime(rt.session_update(self.config.session))]
-        if not self._items and self._line_seq == 0:
+        recent = self.history[-self.config.history_items :]
+        older = self.history[: len(self.history) - len(recent)]
+        session = self.config.session
+        if older:
+            summary = _summary(older, self.config.summary_chars)
+            session = dataclasses.replace(session, instructions=f"{session.instructions}\n\n{summary}")
+        out: list[Command] = [SendToRealtime(rt.session_update(session))]
+        for line in recent:
+            out.append(SendToRealtime(rt.history_item("user" if line.speaker == "caller" else "assistant", line.text)))
+        if not self.greeted:
             self._request_response(self.config.greeting_instructions, out)
+        elif recent and recent[-1].speaker == "caller" and not self._held_audio:
+            self._request_response(None, out)  # the caller spoke last and is waiting for an answer
+        if self._held_audio:
+            out.append(RecordCallEvent("caller_audio_replayed", {"frames": len(self._held_audio)}))
         while self._held_audio:
             out.append(SendToRealtime(rt.audio_append(self._held_audio.popleft())))
         return out
 
+    def _on_upstream_lost(self, ev: UpstreamLost, now_ms: int) -> list[Command]:
+        """Forget the dead session's state; hold caller audio (and re-send the last moments) until the next."""
+        out: list[Command] = [RecordCallEvent("upstream_lost", {"reason": ev.reason})]
+        self.upstream_ready = False
+        self._held_audio.extendleft(reversed(self._recent_audio))
+        self._recent_audio.clear()
+        self._server_response = None
+        self._create_inflight = None
+        self._sent_creates.clear()
+        for calls in self._function_calls.values():
+            for call in calls:
+                out.append(RecordCallEvent("tool_skipped", {"name": call.name, "status": "upstream lost"}))
+        self._function_calls.clear()
+        self.caller_speaking = False
+        # Agent audio already sent keeps playing at Twilio; its line is written as far as it got.
+        self._flush_agent_audio(out)
+        for item in list(self._items.values()):
+            if not item.finalized:
+                self._muted_responses.add(item.response_id)
+                total = upstream_ms(self.config.audio_format, item.upstream_bytes)
+                self._emit_agent_line(item, item.text, int(total), total, out, cut_short=item.transcript is None)
+        return out
+
+    @property
+    def awaiting_transcription(self) -> bool:
+        """The caller started speaking and their words have not been transcribed yet."""
+        return bool(self._speech_offsets)
+
+    @property
+    def quiet(self) -> bool:
+        """Nobody is talking and nothing is in flight: a good moment to roll the session over."""
+        return (
+            self.upstream_ready
+            and not self.caller_speaking
+            and self._server_response is None
+            and self._create_inflight is None
+            and not self._queued_creates
+            and not self.playback.unplayed
+            and not self._out_buf
+        )
+
     def _on_audio_delta(self, ev: rt.AudioDelta, now_ms: int) -> list[Command]:
         if ev.response_id in self._muted_responses or self._twilio is None:
             return []
-        item = self._items.get(ev.item_id)
-        out: list[Command] = []
+        self.greeted = True
+        item = self._item(ev.item_id, ev.response_id, now_ms)
         if item is None:
-            item = _AgentItem(ev.item_id, ev.response_id, self._offset(now_ms))
-            self._items[ev.item_id] = item
+            return []
+        out: list[Command] = []
         item.upstream_bytes += len(ev.audio)
         if self._out_item != ev.item_id:
             self._flush_agent_audio(out)
@@ -337,19 +427,25 @@ class CallBridge:
             self._finalize_if_played(item, out)
         return out
 
-    def _on_transcript_delta(self, ev: rt.TranscriptDelta, now_ms: int) -> list[Command]:
-        item = self._items.get(ev.item_id)
+    def _item(self, item_id: str, response_id: str, now_ms: int) -> _AgentItem | None:
+        """The agent item being received; None once its line was written (late events are moot)."""
+        item = self._items.get(item_id)
         if item is None:
-            item = _AgentItem(ev.item_id, ev.response_id, self._offset(now_ms))
-            self._items[ev.item_id] = item
-        item.transcript_parts.append(ev.delta)
+            if item_id in self._finished_items:
+                return None
+            item = self._items[item_id] = _AgentItem(item_id, response_id, self._offset(now_ms))
+        return item
+
+    def _on_transcript_delta(self, ev: rt.TranscriptDelta, now_ms: int) -> list[Command]:
+        item = self._item(ev.item_id, ev.response_id, now_ms)
+        if item is not None:
+            item.transcript_parts.append(ev.delta)
         return []
 
     def _on_transcript_done(self, ev: rt.TranscriptDone, now_ms: int) -> list[Command]:
-        item = self._items.get(ev.item_id)
+        item = self._item(ev.item_id, ev.response_id, now_ms)
         if item is None:
-            item = _AgentItem(ev.item_id, ev.response_id, self._offset(now_ms))
-            self._items[ev.item_id] = item
+            return []
         item.transcript = ev.transcript
         out: list[Command] = []
         if item.upstream_bytes == 0:
@@ -367,19 +463,45 @@ class CallBridge:
         total = upstream_ms(self.config.audio_format, item.upstream_bytes)
         self._emit_agent_line(item, item.transcript, int(total), total, out)
 
-    def _emit_agent_line(self, item: _AgentItem, text: str, heard_ms: int, total_ms: float, out: list[Command]) -> None:
+    def _emit_agent_line(
+        self,
+        item: _AgentItem,
+        text: str,
+        heard_ms: int,
+        total_ms: float,
+        out: list[Command],
+        *,
+        cut_short: bool = False,
+    ) -> None:
         item.finalized = True
         self.playback.forget(item.item_id)
-        interrupted = item.upstream_bytes > 0 and heard_ms < total_ms - 20
+        self._items.pop(item.item_id, None)
+        self._finished_items.add(item.item_id)
+        if self._out_item == item.item_id and not self._out_buf:
+            self._out_item = None
+        interrupted = cut_short or (item.upstream_bytes > 0 and heard_ms < total_ms - 20)
         spoken = cut_transcript(text, heard_ms, total_ms) if interrupted else text
-        if not spoken and not interrupted:
-            return
+        if not spoken:
+            return  # nothing of it was heard (or said): the barge_in event records the cut
+        self._save_line("agent", spoken, item.offset_ms, interrupted, item.item_id, out)
+
+    def _save_line(
+        self, speaker: str, text: str, offset_ms: int, interrupted: bool, item_id: str | None, out: list[Command]
+    ) -> None:
         self._line_seq += 1
-        line = TranscriptLine(self._line_seq, "agent", spoken, item.offset_ms, interrupted, item.item_id)
+        line = TranscriptLine(self._line_seq, speaker, text, offset_ms, interrupted, item_id)
+        self.history.append(line)
         out.append(SaveTranscript(line))
+
+    def _on_speech_stopped(self, ev: rt.SpeechStopped, now_ms: int) -> list[Command]:
+        self.caller_speaking = False
+        return []
 
     def _on_speech_started(self, ev: rt.SpeechStarted, now_ms: int) -> list[Command]:
         self._speech_offsets[ev.item_id] = self._offset(now_ms)
+        self.caller_speaking = True
+        out: list[Command] = []
+        self._cancel_hang_up(out)
         had_unsent = bool(self._out_buf)
         cut = dict(self.playback.clear())
         # The item being streamed may be fully played so far, yet OpenAI generated more of it than
@@ -390,8 +512,7 @@ class CallBridge:
             if heard < upstream_ms(self.config.audio_format, streaming.upstream_bytes) - 1:
                 cut[streaming.item_id] = heard
         if not cut and not had_unsent:
-            return []
-        out: list[Command] = []
+            return out
         assert self._twilio is not None
         out.append(SendToTwilio(self._twilio.clear()))
         self._out_buf.clear()
@@ -405,8 +526,7 @@ class CallBridge:
             if item is not None:
                 self._muted_responses.add(item.response_id)
                 if not item.finalized:
-                    text = item.transcript if item.transcript is not None else "".join(item.transcript_parts)
-                    self._emit_agent_line(item, text, audio_end_ms, sent_upstream, out)
+                    self._emit_agent_line(item, item.text, audio_end_ms, sent_upstream, out)
         return out
 
     def _on_input_transcribed(self, ev: rt.InputTranscribed, now_ms: int) -> list[Command]:
@@ -416,8 +536,7 @@ class CallBridge:
         if ev.usage:
             out.append(RecordCallEvent("transcription_usage", {"item_id": ev.item_id, "usage": ev.usage}))
         if text:
-            self._line_seq += 1
-            out.append(SaveTranscript(TranscriptLine(self._line_seq, "caller", text, offset, False, ev.item_id)))
+            self._save_line("caller", text, offset, False, ev.item_id, out)
         return out
 
     # -- responses and tools --------------------------------------------------------------
@@ -449,8 +568,18 @@ class CallBridge:
         calls = self._function_calls.pop(ev.response_id, [])
         if ev.status != "completed":
             self._muted_responses.add(ev.response_id)
+            if ev.status != "cancelled" or ev.status_details:
+                out.append(
+                    RecordCallEvent("response_not_completed", {"status": ev.status, "details": ev.status_details})
+                )
             for call in calls:
                 out.append(RecordCallEvent("tool_skipped", {"name": call.name, "status": ev.status}))
+                if ev.status != "cancelled":
+                    # A cancelled response means the caller is talking and a new turn follows; a failed
+                    # or incomplete one would leave the model waiting for a result that never comes.
+                    self._tool_result(
+                        call.call_id, call.name, f'{{"error":"not run: the response was {ev.status}"}}', False, out
+                    )
         else:
             for call in calls:
                 self._start_tool(call, now_ms, out)
@@ -475,13 +604,13 @@ class CallBridge:
         reason = str(args.get("reason", ""))
         out.append(RecordCallEvent("tool_called", {"name": call.name, "call_id": call.call_id, "arguments": args}))
         if call.name == END_CALL:
-            self._schedule_end(HangUp(reason or "agent ended the call"), now_ms)
+            self._schedule_end(HangUp(reason or "agent ended the call"), now_ms, call.call_id)
         elif call.name == TRANSFER_TO_HUMAN:
             number = self.config.transfer_number
             if number:
                 out.append(SendToRealtime(rt.function_call_output(call.call_id, '{"status":"transferring"}')))
                 self._request_response(self.config.handoff_instructions, out)
-                self._schedule_end(TransferCall(number, reason or "caller asked for a human"), now_ms)
+                self._schedule_end(TransferCall(number, reason or "caller asked for a human"), now_ms, call.call_id)
             else:
                 self._tool_result(
                     call.call_id,
@@ -491,7 +620,6 @@ class CallBridge:
                     out,
                 )
         elif call.name in self.config.custom_tools:
-            self.tools_running += 1
             out.append(RunTool(call.call_id, call.name, args))
         else:
             self._tool_result(call.call_id, call.name, '{"error":"unknown tool"}', False, out)
@@ -502,7 +630,6 @@ class CallBridge:
         self._request_response(None, out)
 
     def _on_tool_finished(self, ev: ToolFinished, now_ms: int) -> list[Command]:
-        self.tools_running = max(0, self.tools_running - 1)
         out: list[Command] = []
         if not self.ended:
             self._tool_result(ev.call_id, ev.name, ev.output, ev.ok, out)
@@ -516,14 +643,29 @@ class CallBridge:
                 self._create_inflight = None
             if ev.code == "conversation_already_has_active_response":
                 self._queued_creates.appendleft(instructions)
+            elif self._queued_creates and self._server_response is None and self._create_inflight is None:
+                self._request_response(self._queued_creates.popleft(), out)
         return out
 
     # -- ending the call ------------------------------------------------------------------
 
-    def _schedule_end(self, action: HangUp | TransferCall, now_ms: int) -> None:
+    def _schedule_end(self, action: HangUp | TransferCall, now_ms: int, call_id: str) -> None:
         if self._end_action is None and not self.ended:
             self._end_action = action
+            self._end_call_id = call_id
             self._end_deadline_ms = now_ms + self.config.end_action_grace_ms
+
+    def _cancel_hang_up(self, out: list[Command]) -> None:
+        """The caller spoke before the goodbye finished: do not hang up on them."""
+        if isinstance(self._end_action, HangUp) and self._end_call_id is not None:
+            out.append(
+                SendToRealtime(
+                    rt.function_call_output(self._end_call_id, '{"status":"not ended: the caller kept talking"}')
+                )
+            )
+            out.append(RecordCallEvent("hangup_cancelled", {"reason": "caller spoke"}))
+            self._end_action = None
+            self._end_call_id = None
 
     def _maybe_end(self, now_ms: int, out: list[Command]) -> None:
         """Fire a pending hang-up/transfer once the agent's last words have played."""

@@ -101,6 +101,17 @@ def function_call_output(call_id: str, output: str) -> bytes:
     )
 
 
+def history_item(role: str, text: str) -> bytes:
+    """A past turn restored into a new session: user turns as input_text, agent turns as output_text."""
+    kind = "input_text" if role == "user" else "output_text"
+    return orjson.dumps(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]},
+        }
+    )
+
+
 def user_text(text: str) -> bytes:
     return orjson.dumps(
         {

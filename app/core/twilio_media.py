@@ -18,11 +18,13 @@ _SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
 
 
 class TwilioMessageError(ValueError):
-    """A frame from Twilio that cannot be used; ``reason`` says why."""
+    """A frame from Twilio that cannot be used: ``reason`` says why, ``code`` is a fixed category
+    (safe as a metric label; the reason may quote the peer)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str = "shape") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
 
 
 @dataclass(slots=True)
@@ -42,8 +44,9 @@ class StreamStarted:
 
 @dataclass(slots=True)
 class MediaReceived:
+    """Caller audio. Twilio's timestamp is not used: some calls send no silent frames, so it stalls."""
+
     payload: bytes
-    timestamp_ms: int
 
 
 @dataclass(slots=True)
@@ -76,7 +79,7 @@ def parse_twilio_message(raw: str | bytes) -> TwilioEvent:
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise TwilioMessageError("malformed JSON") from exc
+        raise TwilioMessageError("malformed JSON", "json") from exc
     if not isinstance(msg, dict):
         raise TwilioMessageError("frame is not a JSON object")
     event = msg.get("event")
@@ -90,13 +93,8 @@ def parse_twilio_message(raw: str | bytes) -> TwilioEvent:
         try:
             audio = binascii.a2b_base64(payload, strict_mode=True)
         except binascii.Error as exc:
-            raise TwilioMessageError("media payload is not valid base64") from exc
-        ts = media.get("timestamp", 0)
-        try:
-            timestamp_ms = int(ts)
-        except (TypeError, ValueError):
-            timestamp_ms = 0
-        return MediaReceived(audio, timestamp_ms)
+            raise TwilioMessageError("media payload is not valid base64", "base64") from exc
+        return MediaReceived(audio)
     if event == "mark":
         mark = msg.get("mark")
         if not isinstance(mark, dict):
@@ -114,7 +112,7 @@ def parse_twilio_message(raw: str | bytes) -> TwilioEvent:
         stream_sid = _str(start, "streamSid")
         call_sid = _str(start, "callSid")
         if not _SID.match(stream_sid) or not _SID.match(call_sid):
-            raise TwilioMessageError("start frame with malformed sids")
+            raise TwilioMessageError("start frame with malformed sids", "sids")
         params = start.get("customParameters") or {}
         if not isinstance(params, dict):
             raise TwilioMessageError("customParameters is not an object")
@@ -131,7 +129,7 @@ def parse_twilio_message(raw: str | bytes) -> TwilioEvent:
         return StreamConnected(str(msg.get("protocol", "")))
     if event == "stop":
         return StreamStopped()
-    raise TwilioMessageError(f"unknown event {event!r}")
+    raise TwilioMessageError(f"unknown event {str(event)[:40]!r}", "unknown_event")
 
 
 class TwilioOutbound:

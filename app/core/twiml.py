@@ -24,6 +24,15 @@ def apologise_and_hang_up(message: str) -> str:
     return str(response)
 
 
+def apologise_and_dial(message: str, number: str) -> str:
+    response = VoiceResponse()
+    response.say(message)
+    d = Dial()
+    d.number(number)
+    response.append(d)
+    return str(response)
+
+
 def dial(number: str, *, caller_id: str | None = None) -> str:
     response = VoiceResponse()
     d = Dial(caller_id=caller_id) if caller_id else Dial()

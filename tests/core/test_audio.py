@@ -87,3 +87,15 @@ def test_agent_path_drain_releases_the_whole_response_without_waiting_for_the_ne
     assert first == 8000  # exactly 1 s of mu-law for 1 s of 24 kHz audio
     second = sum(len(path.convert(pcm)) for _ in range(10)) + len(path.drain())
     assert second == 8000
+
+
+def test_an_odd_length_delta_keeps_the_stray_byte_for_the_next_one() -> None:
+    t = np.arange(4800) / 24000
+    pcm = (np.sin(2 * np.pi * 300 * t) * 8000).astype(np.int16).tobytes()
+    whole, split = AgentAudioPath("pcm24k"), AgentAudioPath("pcm24k")
+    expected = whole.convert(pcm) + whole.drain()
+    got = split.convert(pcm[:4801]) + split.convert(pcm[4801:]) + split.drain()
+    assert len(got) == len(expected)
+    reference = np.frombuffer(audioop.ulaw2lin(expected, 2), dtype=np.int16).astype(np.float64)
+    decoded = np.frombuffer(audioop.ulaw2lin(got, 2), dtype=np.int16).astype(np.float64)
+    assert snr_db(reference, decoded) > 40.0  # a dropped byte would turn the rest into noise

@@ -90,7 +90,7 @@ def test_caller_audio_before_upstream_is_held_and_replayed_in_order() -> None:
     bridge = make_bridge()
     frames = [bytes([i]) * 160 for i in range(3)]
     for i, f in enumerate(frames):
-        assert bridge.handle(MediaReceived(f, i * 20), i * 20) == []
+        assert bridge.handle(MediaReceived(f), i * 20) == []
     sent = realtime(bridge.handle(UpstreamReady(), 60))
     appends = [e for e in sent if e["type"] == "input_audio_buffer.append"]
     assert [base64.b64decode(e["audio"]) for e in appends] == frames
@@ -122,44 +122,65 @@ def test_barge_in_clears_twilio_and_truncates_at_the_acknowledged_position() -> 
     assert not [e for e in realtime(cmds) if e["type"] == "response.cancel"]  # the server cancels itself
 
 
-def test_truncation_is_clamped_to_what_openai_sent() -> None:
-    bridge = make_bridge(audio_format="pcm24k")
-    start_session(bridge)
-    # 100 ms at 24 kHz PCM16 from OpenAI; the resampler delay means < 100 ms reaches Twilio
-    msgs = twilio(bridge.handle(rt.AudioDelta("resp_greet", "item_a", b"\x00\x10" * 2400), 10))
-    for m in msgs:
-        if m["event"] == "mark":
-            bridge.handle(MarkAcknowledged(m["mark"]["name"]), 50)
-    assert bridge.playback.played_ms("item_a") <= 100
-    # flush the tail so every byte is accounted for, then interrupt
-    bridge.handle(rt.AudioDelta("resp_greet", "item_a", b"\x00\x10" * 2400), 60)
-    cmds = bridge.handle(rt.SpeechStarted(0, "u1"), 70)
-    truncate = next(e for e in realtime(cmds) if e["type"] == "conversation.item.truncate")
-    assert truncate["audio_end_ms"] <= 200
-
-
 def test_marks_echoed_after_a_clear_do_not_corrupt_the_next_response() -> None:
     bridge = make_bridge()
     start_session(bridge)
     first = twilio(deliver_audio(bridge, "resp_greet", "item_a", 800, 10))
     stale = [m["mark"]["name"] for m in first if m["event"] == "mark"]
     bridge.handle(rt.SpeechStarted(0, "u1"), 20)  # clear: Twilio will echo every pending mark
+    assert not bridge.playback.unplayed
     bridge.handle(rt.ResponseDone("resp_greet", "cancelled"), 21)
     bridge.handle(rt.ResponseCreated("resp_2"), 30)
     second = twilio(deliver_audio(bridge, "resp_2", "item_b", 800, 31))
-    for name in stale:
-        bridge.handle(MarkAcknowledged(name), 40)
-    assert bridge.playback.played_ms("item_b") == 0
+    bridge.handle(rt.AudioDone("resp_2", "item_b"), 32)
+    bridge.handle(rt.FunctionCallReady("resp_2", "call_9", "end_call", "{}"), 33)
+    bridge.handle(rt.ResponseDone("resp_2", "completed"), 34)
+    for name in stale:  # the echoes of the cleared marks arrive now
+        assert of(bridge.handle(MarkAcknowledged(name), 40), HangUp) == []
+    assert bridge.playback.played_ms("item_b") == 0 and bridge.playback.unplayed
     new_marks = [m["mark"]["name"] for m in second if m["event"] == "mark"]
+    bridge.handle(MarkAcknowledged(new_marks[0]), 60)
     bridge.handle(MarkAcknowledged(new_marks[1]), 80)
-    cmds = bridge.handle(rt.SpeechStarted(0, "u2"), 90)
-    truncate = next(e for e in realtime(cmds) if e["type"] == "conversation.item.truncate")
-    assert truncate == {
-        "type": "conversation.item.truncate",
-        "item_id": "item_b",
-        "content_index": 0,
-        "audio_end_ms": 40,
-    }
+    assert bridge.playback.played_ms("item_b") == 40
+    hang = [c for name in new_marks[2:] for c in of(bridge.handle(MarkAcknowledged(name), 130), HangUp)]
+    assert len(hang) == 1  # the hang-up waited for the new item's own marks
+
+
+def test_the_agent_does_not_hang_up_on_a_caller_who_interrupts_its_goodbye() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_bye", 800, 10))
+    bridge.handle(rt.AudioDone("resp_greet", "item_bye"), 11)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "end_call", "{}"), 12)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 13)
+    cmds = bridge.handle(rt.SpeechStarted(0, "u1"), 50)  # "wait, one more thing"
+    outputs = [e for e in realtime(cmds) if e["type"] == "conversation.item.create"]
+    assert outputs[0]["item"]["call_id"] == "call_1" and "not ended" in outputs[0]["item"]["output"]
+    later: list[Command] = []
+    for m in msgs:
+        if m["event"] == "mark":
+            later += bridge.handle(MarkAcknowledged(m["mark"]["name"]), 60)
+    later += bridge.handle(Tick(), 60_000)
+    assert of(later, HangUp) == [] and not bridge.ended
+
+
+def test_a_failed_response_create_lets_the_queued_one_go() -> None:
+    bridge = make_bridge()
+    bridge.handle(UpstreamReady(), 0)  # greeting in flight as sb_resp_1
+    bridge.handle(DtmfReceived("1"), 5)  # queued behind it
+    cmds = bridge.handle(rt.RealtimeError("server_error", "oops", "server_error", "sb_resp_1"), 6)
+    assert [e["type"] for e in realtime(cmds)] == ["response.create"]
+
+
+def test_a_tool_of_a_failed_response_is_not_run_but_the_model_hears_why() -> None:
+    bridge = make_bridge(custom_tools=frozenset({"lookup"}))
+    start_session(bridge)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "lookup", "{}"), 10)
+    cmds = bridge.handle(rt.ResponseDone("resp_greet", "failed", {}, {"type": "failed"}), 11)
+    assert of(cmds, RunTool) == []
+    sent = realtime(cmds)
+    assert sent[0]["item"]["call_id"] == "call_1" and "failed" in sent[0]["item"]["output"]
+    assert sent[1]["type"] == "response.create"
 
 
 def test_audio_of_an_interrupted_response_is_not_forwarded() -> None:
@@ -312,6 +333,7 @@ def test_a_fully_played_agent_line_is_saved_whole_once() -> None:
 
 def test_cut_transcript_breaks_at_a_word_boundary() -> None:
     assert cut_transcript("hello wonderful world", 500, 1000) == "hello"
+    assert cut_transcript("hello world", 200, 1000) == ""  # never half a word
     assert cut_transcript("hello world", 1000, 1000) == "hello world"
     assert cut_transcript("hello world", 0, 1000) == ""
 

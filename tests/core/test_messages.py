@@ -26,7 +26,9 @@ SECRET = b"k" * 32
 
 def test_a_token_admits_only_its_own_call_before_expiry() -> None:
     token = issue_stream_token(secret=SECRET, call_sid="CA1", now_s=1000, ttl_s=60)
-    verify_stream_token(token, secret=SECRET, call_sid="CA1", now_s=1059)
+    assert verify_stream_token(token, secret=SECRET, call_sid="CA1", now_s=1059) == "stream"
+    resume = issue_stream_token(secret=SECRET, call_sid="CA1", now_s=1000, ttl_s=60, kind="resume")
+    assert verify_stream_token(resume, secret=SECRET, call_sid="CA1", now_s=1001) == "resume"
     with pytest.raises(StreamTokenError, match="expired"):
         verify_stream_token(token, secret=SECRET, call_sid="CA1", now_s=1060)
     with pytest.raises(StreamTokenError, match="another call"):
@@ -42,7 +44,7 @@ def test_a_token_admits_only_its_own_call_before_expiry() -> None:
 def test_a_token_whose_payload_was_edited_is_refused() -> None:
     token = issue_stream_token(secret=SECRET, call_sid="CA1", now_s=1000, ttl_s=60)
     _payload, sig = token.split(".")
-    forged = base64.urlsafe_b64encode(b"CA1.99999999").rstrip(b"=").decode()
+    forged = base64.urlsafe_b64encode(b"CA1.99999999.resume").rstrip(b"=").decode()
     with pytest.raises(StreamTokenError, match="signature"):
         verify_stream_token(f"{forged}.{sig}", secret=SECRET, call_sid="CA1", now_s=1001)
 
@@ -50,7 +52,7 @@ def test_a_token_whose_payload_was_edited_is_refused() -> None:
 def test_twilio_messages_parse_into_events() -> None:
     payload = base64.b64encode(b"\xff" * 160).decode()
     media = parse_twilio_message(orjson.dumps({"event": "media", "media": {"payload": payload, "timestamp": "40"}}))
-    assert media == MediaReceived(b"\xff" * 160, 40)
+    assert media == MediaReceived(b"\xff" * 160)
     start = parse_twilio_message(
         orjson.dumps(
             {
@@ -129,3 +131,16 @@ def test_playback_position_follows_acknowledged_marks_only() -> None:
     assert tracker.clear() == [("a", 20)]
     assert tracker.mark_acknowledged(m2) is None  # echoed by the clear: not played
     assert tracker.played_ms("a") == 20 and not tracker.unplayed
+
+
+def test_a_token_with_non_ascii_characters_is_refused_not_crashed_on() -> None:
+    token = issue_stream_token(secret=SECRET, call_sid="CA1", now_s=1000, ttl_s=60)
+    payload, _sig = token.split(".")
+    with pytest.raises(StreamTokenError, match="signature"):
+        verify_stream_token(f"{payload}.é", secret=SECRET, call_sid="CA1", now_s=1001)
+
+
+def test_frame_errors_carry_a_fixed_category_whatever_the_peer_sent() -> None:
+    with pytest.raises(TwilioMessageError) as caught:
+        parse_twilio_message('{"event":"' + "x" * 500 + '"}')
+    assert caught.value.code == "unknown_event" and len(caught.value.reason) < 80

@@ -130,6 +130,7 @@ class TwilioStream:
     def __init__(self, ws: ClientConnection, call_sid: str, stream_sid: str, *, auto_ack: bool = False) -> None:
         self.ws = ws
         self.auto_ack = auto_ack
+        self.acks_sent = 0
         self.call_sid = call_sid
         self.stream_sid = stream_sid
         self.seq = 0
@@ -173,6 +174,9 @@ class TwilioStream:
                 if self.auto_ack and message.get("event") == "mark":
                     # Twilio with instant playback: echo each mark as it arrives.
                     await self.mark(message["mark"]["name"])
+                    async with self._new:
+                        self.acks_sent += 1
+                        self._new.notify_all()
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -311,19 +315,22 @@ async def open_call(base: str, n: int, *, direction_params: dict[str, str] | Non
 
 
 async def agent_turn_played(tw: TwilioStream, session: Any, response_index: int = 0) -> None:
-    """Wait until the caller side has received (and, with auto_ack, acknowledged) all the audio of
-    the emulator's ``response_index``-th completed response, so speaking next is not a barge-in."""
+    """Wait until the caller side has received (and, with auto_ack, acknowledged) all the agent audio
+    of the emulator's responses up to the ``response_index``-th completed one, so that speaking next
+    is not a barge-in."""
     done = await session.wait_sent(lambda e: e["type"] == "response.done")
     for _ in range(response_index):
         done = await session.wait_sent(lambda e: e["type"] == "response.done", start=session.sent.index(done) + 1)
-    response_id = done["response"]["id"]
-    pcm_bytes = sum(
-        e.get("delta_bytes", 0)
-        for e in session.sent
-        if e["type"] == "response.output_audio.delta" and e["response_id"] == response_id
-    )
-    # 24 kHz PCM16 -> 8 kHz mu-law is 6:1; the server drains the resampler at the end of a response.
-    target = pcm_bytes // 6 - 8
+    upto = session.sent.index(done)
+    pcm_bytes = sum(e.get("delta_bytes", 0) for e in session.sent[:upto] if e["type"] == "response.output_audio.delta")
+    # 24 kHz PCM16 -> 8 kHz mu-law is 6:1 (pcmu: 1:1); the server drains the resampler after each response.
+    pcmu = session.session_config["audio"]["output"]["format"]["type"] == "audio/pcmu"
+    target = (pcm_bytes if pcmu else pcm_bytes // 6) - 8 * (response_index + 1)
+    def heard() -> bool:
+        last = tw.received[-1] if tw.received else {}
+        marks = sum(1 for m in tw.received if m.get("event") == "mark")
+        return tw.media_bytes() >= target and last.get("event") == "mark" and tw.acks_sent >= marks
+
     async with asyncio.timeout(10), tw._new:
-        while tw.media_bytes() < target:
+        while not heard():
             await tw._new.wait()

@@ -35,9 +35,7 @@ def unique_call() -> int:
 
 
 def conversation(config_transcripts: list[str]) -> EmulatorConfig:
-    return EmulatorConfig(
-        tts="synthetic", transcripts=config_transcripts, reply_text=lambda heard: f"Noted: {heard}."
-    )
+    return EmulatorConfig(tts="synthetic", transcripts=config_transcripts, reply_text=lambda heard: f"Noted: {heard}.")
 
 
 async def archived(base: str, settings: Any, sid: str) -> dict[str, Any]:
@@ -145,9 +143,7 @@ async def test_session_expired_is_replaced_the_same_way(tmp_path: Path, redis_ur
 
 async def test_an_aged_session_rolls_over_at_a_quiet_moment_without_a_gap(tmp_path: Path, redis_url: str) -> None:
     async with RealtimeEmulator(conversation([])) as emulator:
-        settings = make_settings(
-            tmp_path, realtime_url=emulator.url, redis_url=redis_url, realtime_session_max_s=0.5
-        )
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url, realtime_session_max_s=0.5)
         async with serve(settings) as base:
             sid, token = await open_call(base, unique_call())
             async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:

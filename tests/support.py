@@ -326,6 +326,7 @@ async def agent_turn_played(tw: TwilioStream, session: Any, response_index: int 
     # 24 kHz PCM16 -> 8 kHz mu-law is 6:1 (pcmu: 1:1); the server drains the resampler after each response.
     pcmu = session.session_config["audio"]["output"]["format"]["type"] == "audio/pcmu"
     target = (pcm_bytes if pcmu else pcm_bytes // 6) - 8 * (response_index + 1)
+
     def heard() -> bool:
         last = tw.received[-1] if tw.received else {}
         marks = sum(1 for m in tw.received if m.get("event") == "mark")

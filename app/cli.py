@@ -18,6 +18,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default HOST or 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default PORT or 8000)")] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    fd: Annotated[int | None, typer.Option(help="Serve on this already-listening socket (inherited)")] = None,
 ) -> None:
     """Run the HTTP and WebSocket server."""
     import uvicorn
@@ -30,11 +31,13 @@ def serve(
     if workers > 1:
         typer.echo("Use one process per node behind a load balancer; --workers > 1 is not supported.", err=True)
         raise typer.Exit(2)
+    where: dict[str, object] = (
+        {"fd": fd} if fd is not None else {"host": host or settings.host, "port": port or settings.port}
+    )
     uvicorn.run(
         create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        ws_max_size=4 * 1024 * 1024,
+        **where,  # type: ignore[arg-type]
+        ws_max_size=2 * 1024 * 1024,
         ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
         access_log=False,

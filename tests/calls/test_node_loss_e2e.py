@@ -1,0 +1,131 @@
+"""A server process killed mid-call (SIGKILL, a real subprocess): another one resumes the call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from app.emulator.config import EmulatorConfig
+from app.emulator.server import RealtimeEmulator
+from app.settings import Settings
+from tests.calls.test_resilience_e2e import archived, restored_before_audio, talk_a_little
+from tests.calls.test_tools_e2e import say_turn
+from tests.support import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    PUBLIC_BASE,
+    TwilioStream,
+    agent_turn_played,
+    make_settings,
+    open_call,
+    post_webhook,
+    twiml_stream,
+)
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
+
+
+@contextmanager
+def server_process(settings: Settings) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``switchboard serve`` in its own process on a socket this test already listens on, so
+    requests queue in the kernel until the server accepts them (no readiness polling)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    env = {
+        **os.environ,
+        "PUBLIC_BASE_URL": PUBLIC_BASE,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_REALTIME_URL": settings.openai_realtime_url,
+        "REDIS_URL": settings.redis_url or "",
+        "DATABASE_URL": settings.effective_database_url,
+        "BUSINESS_NAME": settings.business_name,
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from app.cli import main; main()", "serve", "--fd", str(sock.fileno())],
+        env=env,
+        pass_fds=(sock.fileno(),),
+    )
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        sock.close()
+
+
+async def lines_stored(redis_url: str, sid: str, n: int) -> None:
+    """Wait, on Redis keyspace notifications, until the call has ``n`` transcript lines in Redis."""
+    redis = Redis.from_url(redis_url)
+    key = f"sb:call:{sid}:lines"
+    try:
+        await redis.config_set("notify-keyspace-events", "Kh")
+        async with redis.pubsub() as pubsub:
+            await pubsub.subscribe(f"__keyspace@0__:{key}")
+            async with asyncio.timeout(10):
+                while await redis.hlen(key) < n:
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_call_survives_its_server_being_killed(tmp_path: Path, redis_url: str, postgres_url: str) -> None:
+    config = EmulatorConfig(
+        tts="synthetic",
+        transcripts=["I need a cleaning", "Tuesday works"],
+        reply_text=lambda heard: f"Noted: {heard}.",
+    )
+    async with RealtimeEmulator(config) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url, database_url=postgres_url)
+        n = uuid.uuid4().int % (1 << 96)
+        with server_process(settings) as (base_a, node_a):
+            sid, token = await open_call(base_a, n)
+            async with TwilioStream.open(base_a, call_sid=sid, token=token, auto_ack=True) as tw:
+                first = await emulator.wait_for_session(0)
+                await talk_a_little(tw, first)
+                await lines_stored(redis_url, sid, 3)
+                node_a.send_signal(signal.SIGKILL)
+                node_a.wait(timeout=10)
+                await tw.wait_closed()
+            assert tw.close_code == 1006  # the node vanished without a close frame
+        with server_process(settings) as (base_b, _node_b):
+            # Twilio runs the <Redirect> after </Connect>: the resume webhook, on any node.
+            resume = await post_webhook(base_b, "/twilio/resume", {"CallSid": sid})
+            url, params = twiml_stream(resume.text)
+            assert url == "wss://sb.example.test/twilio/media"
+            async with TwilioStream.open(base_b, call_sid=sid, token=params["token"], auto_ack=True) as tw2:
+                second = await emulator.wait_for_session(1)
+                await say_turn(tw2)
+                await agent_turn_played(tw2, second, 0)
+                await tw2.stop()
+                await tw2.wait_closed()
+            record = await archived(base_b, settings, sid)
+    restored = restored_before_audio(second)
+    assert [e["type"] for e in restored] == ["session.update"] + ["conversation.item.create"] * 3
+    assert not any(e["type"] == "response.create" for e in second.received)  # no second greeting
+    lines = [(s["speaker"], s["text"]) for s in record["transcript"]]
+    assert lines[0][0] == "agent" and "Acme Dental" in lines[0][1]
+    assert lines[1:] == [
+        ("caller", "I need a cleaning"),
+        ("agent", "Noted: I need a cleaning."),
+        ("caller", "Tuesday works"),
+        ("agent", "Noted: Tuesday works."),
+    ]
+    assert sum("Acme Dental" in text for _, text in lines) == 1
+    kinds = [e["kind"] for e in record["events"]]
+    assert "stream_resumed" in kinds and "stream_took_over" in kinds

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import audioop
 import base64
+import re
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,9 @@ import websockets
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection
 
+from app.auth.keys import Role, create_api_key, utcnow
 from app.calls.tools import ToolRegistry
+from app.db import make_engine, make_sessionmaker
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
@@ -335,3 +338,40 @@ async def agent_turn_played(tw: TwilioStream, session: Any, response_index: int 
     async with asyncio.timeout(10), tw._new:
         while not heard():
             await tw._new.wait()
+
+
+async def say_turn(tw: TwilioStream) -> None:
+    """One caller turn: speech, then enough silence for the server VAD to end it."""
+    for frame in speech_frames(0.5):
+        await tw.media(frame)
+    for _ in range(40):
+        await tw.media(SILENCE)
+
+
+async def key_for(database_url: str, role: Role) -> str:
+    engine = make_engine(database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            return await create_api_key(session, role=role, name="test", now=utcnow())
+    finally:
+        await engine.dispose()
+
+
+async def archived(base: str, settings: Settings, sid: str) -> dict[str, Any]:
+    """The archived call, read through the supervisor API."""
+    key = await key_for(settings.effective_database_url, Role.supervisor)
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as api:
+        response = await api.get(f"/api/v1/calls/{sid}")
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def metric(base: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples, from GET /metrics."""
+    async with httpx.AsyncClient(base_url=base) as client:
+        text = (await client.get("/metrics")).text
+    total = 0.0
+    for match in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE):
+        total += float(match.group(1))
+    return total

@@ -30,6 +30,9 @@ class Call(Base):
     segments: Mapped[list[TranscriptSegment]] = relationship(
         back_populates="call", order_by="TranscriptSegment.seq", cascade="all, delete-orphan"
     )
+    tools: Mapped[list[ToolInvocation]] = relationship(
+        back_populates="call", order_by="ToolInvocation.seq", cascade="all, delete-orphan"
+    )
 
 
 class TranscriptSegment(Base):
@@ -45,6 +48,25 @@ class TranscriptSegment(Base):
     interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
 
     call: Mapped[Call] = relationship(back_populates="segments")
+
+
+class ToolInvocation(Base):
+    """One tool call the agent made: its arguments, and what came of it."""
+
+    __tablename__ = "tool_invocations"
+    __table_args__ = (UniqueConstraint("call_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    tool_call_id: Mapped[str | None] = mapped_column(String(64))
+    arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # ok | error | skipped | done | pending
+    output: Mapped[str | None] = mapped_column(Text)
+    offset_ms: Mapped[int | None] = mapped_column(Integer)
+
+    call: Mapped[Call] = relationship(back_populates="tools")
 
 
 class CallEvent(Base):

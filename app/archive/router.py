@@ -36,6 +36,16 @@ class Segment(BaseModel):
     interrupted: bool
 
 
+class ToolOut(BaseModel):
+    seq: int
+    name: str
+    tool_call_id: str | None
+    arguments: dict[str, Any] | None
+    status: str
+    output: str | None
+    offset_ms: int | None
+
+
 class EventOut(BaseModel):
     kind: str
     detail: dict[str, Any]
@@ -46,6 +56,7 @@ class EventOut(BaseModel):
 class CallDetail(CallSummary):
     usage: dict[str, Any] | None
     transcript: list[Segment]
+    tools: list[ToolOut]
     events: list[EventOut]
 
 
@@ -78,5 +89,6 @@ async def get_call(call_sid: str, session: SessionDep) -> CallDetail:
         **summary.model_dump(),
         usage=call.usage,
         transcript=[Segment.model_validate(s, from_attributes=True) for s in call.segments],
+        tools=[ToolOut.model_validate(t, from_attributes=True) for t in call.tools],
         events=[EventOut.model_validate(e, from_attributes=True) for e in events],
     )

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from app.archive.models import Call, CallEvent, TranscriptSegment
+from app.archive.models import Call, CallEvent, ToolInvocation, TranscriptSegment
 from app.core.bridge import TranscriptLine
 
 
@@ -21,6 +21,51 @@ class CallEventRecord:
     detail: dict[str, Any]
     offset_ms: int | None
     at: datetime
+
+
+@dataclass(slots=True)
+class ToolInvocationRecord:
+    name: str
+    tool_call_id: str | None
+    arguments: dict[str, Any] | None
+    status: str
+    output: str | None
+    offset_ms: int | None
+
+
+_BUILTIN_OUTCOMES = {"HangUp": "hung up", "TransferCall": "transferred"}
+
+
+def invocations_from_events(events: list[CallEventRecord]) -> list[ToolInvocationRecord]:
+    """The call's tool invocations, read off its event log (tool_called / tool_result / tool_skipped
+    / call_ending), in the order they were called."""
+    by_call: dict[str, ToolInvocationRecord] = {}
+    order: list[ToolInvocationRecord] = []
+    for event in events:
+        detail = event.detail
+        call_id = detail.get("call_id")
+        key = str(call_id) if call_id else f"#{len(order)}"
+        record = by_call.get(key)
+        if event.kind in ("tool_called", "tool_result", "tool_skipped") and record is None:
+            record = ToolInvocationRecord(str(detail.get("name", "")), call_id, None, "pending", None, event.offset_ms)
+            by_call[key] = record
+            order.append(record)
+        if record is None and event.kind != "call_ending":
+            continue
+        if event.kind == "tool_called" and record is not None:
+            record.arguments = detail.get("arguments")
+        elif event.kind == "tool_result" and record is not None:
+            record.status = "ok" if detail.get("ok") else "error"
+            record.output = detail.get("output")
+        elif event.kind == "tool_skipped" and record is not None:
+            record.status = "skipped"
+            record.output = f"not run: {detail.get('status')}"
+        elif event.kind == "call_ending":
+            for pending in order:
+                if pending.status == "pending" and pending.name in ("end_call", "transfer_to_human"):
+                    pending.status = "done"
+                    pending.output = _BUILTIN_OUTCOMES.get(str(detail.get("action")), str(detail.get("action")))
+    return order
 
 
 @dataclass(slots=True)
@@ -81,6 +126,18 @@ async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: C
             )
             for line in record.lines
         ]
+        call.tools = [
+            ToolInvocation(
+                seq=i,
+                name=t.name,
+                tool_call_id=t.tool_call_id,
+                arguments=t.arguments,
+                status=t.status,
+                output=t.output,
+                offset_ms=t.offset_ms,
+            )
+            for i, t in enumerate(invocations_from_events(record.events), start=1)
+        ]
         session.add(call)
         session.add_all(
             CallEvent(call_sid=record.call_sid, kind=e.kind, detail=e.detail, offset_ms=e.offset_ms, created_at=e.at)
@@ -105,7 +162,9 @@ async def list_calls(session: AsyncSession, *, limit: int, offset: int) -> tuple
 
 
 async def get_call(session: AsyncSession, *, call_sid: str) -> Call | None:
-    return await session.scalar(select(Call).where(Call.call_sid == call_sid).options(selectinload(Call.segments)))
+    return await session.scalar(
+        select(Call).where(Call.call_sid == call_sid).options(selectinload(Call.segments), selectinload(Call.tools))
+    )
 
 
 async def get_call_events(session: AsyncSession, *, call_sid: str) -> list[CallEvent]:

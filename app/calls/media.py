@@ -113,6 +113,7 @@ class CallSession:
         self._stopped = False
         self._ending = False
         self._rolling_over = False
+        self._close_reason = "call ended"
         self._upstream_opened_at = 0.0
         self._transcripts_settled = asyncio.Event()
         self._taken_over = asyncio.Event()
@@ -425,9 +426,9 @@ class CallSession:
         number = rt.settings.transfer_number
         self.live.meta({"end_requested": "upstream_failed", **({"transfer_to": number} if number else {})})
         self._event("upstream_failed", {"error": error, "transfer_to": number})
-        await self.live.flush(FLUSH_TIMEOUT_S)
-        # Twilio now runs the <Redirect>: /twilio/resume apologises, then dials the human or hangs up.
-        await self._close(CLOSE_NORMAL, "realtime unavailable")
+        # The call ends here: once archived, the stream is closed and Twilio runs the <Redirect>, where
+        # /twilio/resume apologises, then dials the human or hangs up.
+        self._close_reason = "realtime unavailable"
 
     def _maybe_roll_over(self) -> None:
         """Replace the Realtime session before its 60-minute limit, at a quiet moment."""
@@ -640,7 +641,7 @@ class CallSession:
                 except (RedisError, OSError):
                     pass
         await self.live.close()
-        close_reason = "call taken over by another stream" if taken_over else "call ended"
+        close_reason = "call taken over by another stream" if taken_over else self._close_reason
         await self._close(CLOSE_POLICY if taken_over else CLOSE_NORMAL, close_reason)
         log.info(
             "call.ended" if self.final else "call.stream_detached",

@@ -354,7 +354,11 @@ class CallBridge:
         self._sent_creates.clear()
         for calls in self._function_calls.values():
             for call in calls:
-                out.append(RecordCallEvent("tool_skipped", {"name": call.name, "status": "upstream lost"}))
+                out.append(
+                    RecordCallEvent(
+                        "tool_skipped", {"name": call.name, "call_id": call.call_id, "status": "upstream lost"}
+                    )
+                )
         self._function_calls.clear()
         self.caller_speaking = False
         # Agent audio already sent keeps playing at Twilio; its line is written as far as it got.
@@ -573,7 +577,9 @@ class CallBridge:
                     RecordCallEvent("response_not_completed", {"status": ev.status, "details": ev.status_details})
                 )
             for call in calls:
-                out.append(RecordCallEvent("tool_skipped", {"name": call.name, "status": ev.status}))
+                out.append(
+                    RecordCallEvent("tool_skipped", {"name": call.name, "call_id": call.call_id, "status": ev.status})
+                )
                 if ev.status != "cancelled":
                     # A cancelled response means the caller is talking and a new turn follows; a failed
                     # or incomplete one would leave the model waiting for a result that never comes.

@@ -16,8 +16,7 @@ from app.archive.models import CallEvent
 from app.auth.keys import Role
 from app.cli import cli
 from app.db import make_engine, make_sessionmaker
-from tests.calls.test_archive_e2e import key_for
-from tests.support import ACCOUNT_SID, PUBLIC_BASE, call_sid, make_settings, post_webhook, serve
+from tests.support import ACCOUNT_SID, PUBLIC_BASE, call_sid, key_for, make_settings, post_webhook, serve
 
 pytestmark = pytest.mark.asyncio
 

@@ -8,23 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.auth.keys import Role, create_api_key, utcnow
-from app.db import make_engine, make_sessionmaker
+from app.auth.keys import Role
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
-from tests.calls.test_tools_e2e import say_turn
-from tests.support import TwilioStream, agent_turn_played, make_settings, open_call, serve
+from tests.support import TwilioStream, agent_turn_played, key_for, make_settings, open_call, say_turn, serve
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
-
-
-async def key_for(database_url: str, role: Role) -> str:
-    engine = make_engine(database_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            return await create_api_key(session, role=role, name="test", now=utcnow())
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite+in-process-redis", "postgresql+redis"])

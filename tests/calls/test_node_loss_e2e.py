@@ -19,17 +19,18 @@ from redis.asyncio import Redis
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.settings import Settings
-from tests.calls.test_resilience_e2e import archived, restored_before_audio, talk_a_little
-from tests.calls.test_tools_e2e import say_turn
+from tests.calls.test_resilience_e2e import restored_before_audio, talk_a_little
 from tests.support import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     PUBLIC_BASE,
     TwilioStream,
     agent_turn_played,
+    archived,
     make_settings,
     open_call,
     post_webhook,
+    say_turn,
     twiml_stream,
 )
 

@@ -11,9 +11,7 @@ from redis.asyncio import Redis
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from tests.calls.redis_server import RedisServer
-from tests.calls.test_resilience_e2e import archived, metric
-from tests.calls.test_tools_e2e import say_turn
-from tests.support import TwilioStream, agent_turn_played, make_settings, open_call, serve
+from tests.support import TwilioStream, agent_turn_played, archived, make_settings, metric, open_call, say_turn, serve
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.redis]
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import re
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from app.auth.keys import Role
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.emulator.session import EmulatedSession
-from tests.calls.test_archive_e2e import key_for
-from tests.calls.test_tools_e2e import say_turn
 from tests.support import (
     TwilioStream,
     agent_turn_played,
+    archived,
     make_settings,
+    metric,
     open_call,
     post_webhook,
+    say_turn,
     serve,
     tone_frames,
     twiml_stream,
@@ -36,23 +35,6 @@ def unique_call() -> int:
 
 def conversation(config_transcripts: list[str]) -> EmulatorConfig:
     return EmulatorConfig(tts="synthetic", transcripts=config_transcripts, reply_text=lambda heard: f"Noted: {heard}.")
-
-
-async def archived(base: str, settings: Any, sid: str) -> dict[str, Any]:
-    key = await key_for(settings.effective_database_url, Role.supervisor)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as api:
-        response = await api.get(f"/api/v1/calls/{sid}")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def metric(base: str, name: str) -> float:
-    async with httpx.AsyncClient(base_url=base) as client:
-        text = (await client.get("/metrics")).text
-    total = 0.0
-    for match in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE):
-        total += float(match.group(1))
-    return total
 
 
 def restored_before_audio(session: EmulatedSession) -> list[dict[str, Any]]:
@@ -194,3 +176,38 @@ async def test_a_second_stream_for_a_live_call_is_refused_and_a_resume_stream_ta
     kinds = [e["kind"] for e in record["events"]]
     assert "stream_took_over" in kinds and "stream_resumed" in kinds
     assert [s["speaker"] for s in record["transcript"]] == ["agent"]  # one greeting, not two
+
+
+@pytest.mark.parametrize("transfer_number", ["+15550001111", None])
+async def test_past_the_reconnect_deadline_the_caller_hears_an_apology_and_is_handed_over(
+    tmp_path: Path, redis_url: str, transfer_number: str | None
+) -> None:
+    emulator = RealtimeEmulator(conversation([]))
+    await emulator.start()
+    settings = make_settings(
+        tmp_path,
+        realtime_url=emulator.url,
+        redis_url=redis_url,
+        upstream_recovery_deadline_s=1.0,
+        transfer_number=transfer_number,
+    )
+    async with serve(settings) as base:
+        sid, token = await open_call(base, unique_call())
+        async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+            session = await emulator.wait_for_session(0)
+            await agent_turn_played(tw, session, 0)
+            await emulator.close()  # the Realtime service is gone and stays gone
+            await tw.wait_closed()
+        resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
+        record = await archived(base, settings, sid)
+    assert (tw.close_code, tw.close_reason) == (1000, "realtime unavailable")
+    root = ET.fromstring(resume.text)
+    if transfer_number:
+        assert [c.tag for c in root] == ["Say", "Dial"]
+        assert root.find("./Dial/Number").text == transfer_number  # type: ignore[union-attr]
+    else:
+        assert [c.tag for c in root] == ["Say", "Hangup"]
+    assert record["status"] == "failed"
+    assert record["end_reason"] == "realtime unavailable past the reconnect deadline"
+    failed = next(e for e in record["events"] if e["kind"] == "upstream_failed")
+    assert failed["detail"]["transfer_to"] == transfer_number

@@ -17,25 +17,17 @@ from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from tests.support import (
     ACCOUNT_SID,
-    SILENCE,
     TWILIO_API,
     TwilioStream,
+    archived,
     make_settings,
     open_call,
     post_webhook,
+    say_turn,
     serve,
-    speech_frames,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
-
-
-async def say_turn(tw: TwilioStream) -> None:
-    """One caller turn: speech, then enough silence for the server VAD to end it."""
-    for frame in speech_frames(0.5):
-        await tw.media(frame)
-    for _ in range(40):
-        await tw.media(SILENCE)
 
 
 def twilio_call_route(mock: respx.MockRouter, sid: str) -> tuple[respx.Route, asyncio.Event]:
@@ -69,7 +61,12 @@ async def test_end_call_hangs_up_through_twilio_rest_after_the_goodbye(tmp_path:
                 await tw.wait_closed()
             # Should Twilio still follow the <Redirect>, an ended call just hangs up: no apology.
             resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
+            record = await archived(base, settings, sid)
     assert [child.tag for child in ET.fromstring(resume.text)] == ["Hangup"]
+    assert [(t["name"], t["status"], t["output"], t["arguments"]) for t in record["tools"]] == [
+        ("end_call", "done", "hung up", {"reason": "caller is done"})
+    ]
+    assert record["end_reason"] == "agent hung up: caller is done"
     form = parse_qs(route.calls.last.request.content.decode())
     assert form == {"Status": ["completed"]}
     assert route.calls.last.request.headers["authorization"].startswith("Basic ")
@@ -163,7 +160,11 @@ async def test_a_failing_custom_tool_returns_an_error_to_the_model_and_the_call_
                 assert reply["response"]["status"] == "completed"
                 await tw.stop()
                 await tw.wait_closed()
+            record = await archived(base, settings, sid)
     assert tw.close_code == 1000
+    (invocation,) = record["tools"]
+    assert invocation["name"] == "check_balance" and invocation["status"] == "error"
+    assert expected in invocation["output"]
 
 
 async def test_dtmf_digits_reach_the_model(tmp_path: Path) -> None:

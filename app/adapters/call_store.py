@@ -2,7 +2,8 @@
 
 Keys, all under ``{prefix}:call:{sid}:`` and TTL'd:
   meta    hash   call metadata (JSON values): sids, direction, started_at, status, end request...
-  lines   hash   transcript lines by sequence number (HSET: a retried write cannot duplicate a line)
+  lines   hash   transcript lines by ``{epoch}-{seq}`` (HSET: a retried write cannot duplicate a line,
+                 and two streams of one call, each numbering from what it restored, cannot collide)
   events  hash   call events by ``{epoch}-{n}``
   lease   string ``{node}:{epoch}`` with a PX expiry: which stream drives the call
   epoch   int    bumped by every lease acquisition; a stale owner can no longer renew
@@ -86,16 +87,16 @@ class CallStore:
 
     # -- transcript lines and events ---------------------------------------------------------
 
-    async def put_line(self, call_sid: str, seq: int, line: dict[str, Any]) -> None:
+    async def put_line(self, call_sid: str, field: str, line: dict[str, Any]) -> None:
         key = self.key(call_sid, "lines")
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, str(seq), orjson.dumps(line))
+            pipe.hset(key, field, orjson.dumps(line))
             pipe.expire(key, CALL_TTL_S)
             await pipe.execute()
 
     async def get_lines(self, call_sid: str) -> list[dict[str, Any]]:
         raw = await self.redis.hgetall(self.key(call_sid, "lines"))
-        return [orjson.loads(raw[k]) for k in sorted(raw, key=lambda k: int(k))]
+        return [orjson.loads(raw[k]) for k in sorted(raw)]
 
     async def put_event(self, call_sid: str, key: str, event: dict[str, Any]) -> None:
         """Events are keyed ``{epoch}-{n}`` by the stream that recorded them (several per call)."""

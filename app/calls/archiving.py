@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,11 @@ from app.core.bridge import TranscriptLine
 from app.runtime import Runtime
 
 log = structlog.get_logger()
+
+
+def _identity(line: TranscriptLine) -> str:
+    """The same line from Redis and from memory: OpenAI item ids are unique per call."""
+    return line.item_id or f"{line.speaker}|{line.offset_ms}|{line.text}"
 
 
 def event_to_dict(event: CallEventRecord) -> dict[str, Any]:
@@ -53,10 +59,13 @@ async def archive_live_call(
         stored_events = await store.get_events_by_key(call_sid)
     except (RedisError, OSError) as exc:
         log.warning("archive.live_state_unavailable", call_sid=call_sid, error=repr(exc))
-    by_seq = {int(d["seq"]): line_from_dict(d) for d in stored_lines}
+    by_identity = {_identity(line): line for line in map(line_from_dict, stored_lines)}
     for line in lines:
-        by_seq[line.seq] = line
-    ordered = sorted(by_seq.values(), key=lambda line: (line.offset_ms, line.seq))
+        by_identity[_identity(line)] = line
+    ordered = [
+        dataclasses.replace(line, seq=seq)
+        for seq, line in enumerate(sorted(by_identity.values(), key=lambda line: (line.offset_ms, line.seq)), start=1)
+    ]
     merged_events = {key: event_from_dict(d) for key, d in stored_events.items()}
     merged_events.update(events or {})
     started = meta.get("started_at_ms")

@@ -43,9 +43,10 @@ def line_from_dict(data: dict[str, Any]) -> TranscriptLine:
 class LiveState:
     """One call's queued writes to the CallStore."""
 
-    def __init__(self, store: CallStore, call_sid: str, metrics: Metrics) -> None:
+    def __init__(self, store: CallStore, call_sid: str, metrics: Metrics, *, epoch: int) -> None:
         self.store = store
         self.call_sid = call_sid
+        self.epoch = epoch
         self.metrics = metrics
         self._queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -58,7 +59,7 @@ class LiveState:
         self._queue.put_nowait(("meta", values, None))
 
     def line(self, line: TranscriptLine) -> None:
-        self._queue.put_nowait(("line", line.seq, line_to_dict(line)))
+        self._queue.put_nowait(("line", f"{self.epoch:06d}-{line.seq:06d}", line_to_dict(line)))
 
     def event(self, key: str, event: dict[str, Any]) -> None:
         self._queue.put_nowait(("event", key, event))

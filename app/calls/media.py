@@ -228,7 +228,7 @@ class CallSession:
         wall_ms = int(time.time() * 1000)
         started_ms = int(meta.get("started_at_ms") or wall_ms)
         direction = start.custom_parameters.get("direction") or meta.get("direction", "inbound")
-        self.live = LiveState(rt.call_store, start.call_sid, rt.metrics)
+        self.live = LiveState(rt.call_store, start.call_sid, rt.metrics, epoch=self._epoch)
         self.live.start()
         self.live.meta(
             {
@@ -609,9 +609,10 @@ class CallSession:
                 if task.get_name() == "tool":
                     task.cancel()
             await asyncio.wait(pending, timeout=15)
-        tail: list[Command] = []
-        bridge.finish(tail)
-        await self._execute([c for c in tail if isinstance(c, SaveTranscript | RecordCallEvent)])
+        if not taken_over:  # the new owner restored the call from Redis and writes from here on
+            tail: list[Command] = []
+            bridge.finish(tail)
+            await self._execute([c for c in tail if isinstance(c, SaveTranscript | RecordCallEvent)])
         if self.upstream is not None:
             await self.upstream.close()
         rt.metrics.calls_active.dec()

@@ -27,7 +27,7 @@ async def orphan(rt: Runtime, sid: str, lines: list[TranscriptLine]) -> None:
     now = int(time.time() * 1000)
     await rt.call_store.put_meta(sid, {"call_sid": sid, "direction": "inbound", "started_at_ms": now - 60_000})
     for line in lines:
-        await rt.call_store.put_line(sid, line.seq, line_to_dict(line))
+        await rt.call_store.put_line(sid, f"000001-{line.seq:06d}", line_to_dict(line))
     epoch, _ = await rt.call_store.acquire_lease(
         sid, node="dead-node", ttl_ms=5000, now_ms=now - 120_000, takeover=False
     )

@@ -26,6 +26,8 @@ from app.core.bridge import BridgeConfig
 from app.core.realtime_events import SessionSettings
 from app.core.tools import greeting_instructions
 from app.db import make_engine, make_sessionmaker
+from app.dialer.policy import Jurisdiction
+from app.dialer.router import router as dialer_router
 from app.observability import Metrics
 from app.problems import install_problem_handlers, problem_response
 from app.runtime import Runtime, make_redis
@@ -51,6 +53,7 @@ def build_runtime(settings: Settings, *, tools: ToolRegistry | None = None) -> R
         call_store=call_store,
         takeovers=TakeoverListener(call_store),
         twilio_signatures=RequestValidator(settings.twilio_auth_token.get_secret_value()),
+        jurisdiction=Jurisdiction(emergencies=frozenset(s.upper() for s in settings.declared_emergency_states)),
         realtime=RealtimeConnector(
             api_key=api_key, websocket_base_url=settings.openai_realtime_url, model=settings.openai_realtime_model
         ),
@@ -118,6 +121,7 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
     app.include_router(webhooks_router)
     app.include_router(media_router)
     app.include_router(calls_router)
+    app.include_router(dialer_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -18,6 +18,7 @@ from app.adapters.twilio_rest import TwilioRest
 from app.calls.live import TakeoverListener
 from app.calls.tools import ToolRegistry
 from app.core.bridge import BridgeConfig
+from app.dialer.policy import Jurisdiction
 from app.observability import Metrics
 from app.settings import Settings
 
@@ -38,6 +39,7 @@ class Runtime:
     bridge_config: BridgeConfig
     takeovers: TakeoverListener
     twilio_signatures: RequestValidator
+    jurisdiction: Jurisdiction
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}")
 
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_ws_message_bytes: int = 64 * 1024
     max_bad_frames: int = 50
 
+    # Dialer
+    declared_emergency_states: list[str] = Field(default_factory=list)  # e.g. ["LA"]: no calls there
+
     # Resilience
     lease_ttl_s: float = 6.0
     lease_renew_s: float = 2.0

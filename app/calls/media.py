@@ -32,6 +32,7 @@ from app.core.bridge import (
     CallBridge,
     Command,
     HangUp,
+    OptOut,
     RecordCallEvent,
     RunTool,
     SaveTranscript,
@@ -52,6 +53,8 @@ from app.core.twilio_media import (
     TwilioMessageError,
     parse_twilio_message,
 )
+from app.dialer.location import normalise
+from app.dialer.service import revoke
 from app.runtime import Runtime
 
 router = APIRouter()
@@ -115,6 +118,7 @@ class CallSession:
         self._rolling_over = False
         self._close_reason = "call ended"
         self._upstream_opened_at = 0.0
+        self._meta: dict[str, Any] = {}
         self._transcripts_settled = asyncio.Event()
         self._taken_over = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -225,6 +229,7 @@ class CallSession:
     async def _drive(self, kind: str, meta: dict[str, Any], lines: list[Any]) -> None:
         rt = self.rt
         start = self.start
+        self._meta = meta
         wall_ms = int(time.time() * 1000)
         started_ms = int(meta.get("started_at_ms") or wall_ms)
         direction = start.custom_parameters.get("direction") or meta.get("direction", "inbound")
@@ -507,6 +512,8 @@ class CallSession:
                 self._spawn(self._run_tool(command), "tool")  # type: ignore[arg-type]
             elif kind is HangUp or kind is TransferCall:
                 self._spawn(self._end_call(command), "end-call")  # type: ignore[arg-type]
+            elif kind is OptOut:
+                self._spawn(self._opt_out(command), "opt-out")  # type: ignore[arg-type]
 
     def _on_call_event(self, command: RecordCallEvent) -> None:
         self._event(command.kind, command.detail)
@@ -549,6 +556,21 @@ class CallSession:
             await self._execute(commands)
         except Exception as exc:  # noqa: BLE001 - the call may have ended meanwhile
             log.warning("call.tool_result_undelivered", tool=command.name, error=repr(exc))
+
+    async def _opt_out(self, command: OptOut) -> None:
+        """Revoke consent and list the number on the internal DNC before anything else is dialed."""
+        meta = self._meta
+        direction = self.start.custom_parameters.get("direction") or meta.get("direction", "inbound")
+        raw = meta.get("to") if direction == "outbound" else meta.get("from")
+        phone = normalise(str(raw)) if raw else None
+        if phone is None:
+            self._event("opt_out_failed", {"reason": "the call's number is unknown", "source": command.source})
+            return
+        async with self.rt.sessionmaker() as session:
+            await revoke(session, phone=phone, reason=command.reason, source=command.source, now=datetime.now(UTC))
+            await session.commit()
+        self._event("opted_out", {"phone": phone, "source": command.source, "reason": command.reason})
+        log.info("call.opted_out", source=command.source)
 
     async def _end_call(self, command: HangUp | TransferCall) -> None:
         """Hang up or transfer through Twilio REST; if REST fails, close the stream and let the

@@ -26,7 +26,7 @@ from app.core.audio import (
     upstream_ms,
 )
 from app.core.playback import PlaybackTracker
-from app.core.tools import END_CALL, HANDOFF_INSTRUCTIONS, TRANSFER_TO_HUMAN
+from app.core.tools import END_CALL, HANDOFF_INSTRUCTIONS, OPT_OUT, TRANSFER_TO_HUMAN
 from app.core.twilio_media import (
     DtmfReceived,
     MarkAcknowledged,
@@ -86,6 +86,14 @@ class RunTool:
 
 
 @dataclass(slots=True)
+class OptOut:
+    """Revoke consent and add the number to the internal do-not-call list, now."""
+
+    reason: str
+    source: str  # "opt_out_tool" | "dtmf"
+
+
+@dataclass(slots=True)
 class HangUp:
     reason: str
 
@@ -117,7 +125,7 @@ class RecordCallEvent:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-Command = SendToTwilio | SendToRealtime | RunTool | HangUp | TransferCall | SaveTranscript | RecordCallEvent
+Command = SendToTwilio | SendToRealtime | RunTool | HangUp | TransferCall | OptOut | SaveTranscript | RecordCallEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,7 @@ class BridgeConfig:
     end_action_grace_ms: int = 15_000  # hang up/transfer even if Twilio never echoes the last mark
     handoff_instructions: str = HANDOFF_INSTRUCTIONS
     resample_quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY
+    opt_out_digit: str | None = "9"  # this key opts the number out, on any call (the strict reading)
 
     @property
     def audio_format(self) -> AudioFormat:
@@ -288,10 +297,13 @@ class CallBridge:
         return [SendToRealtime(rt.audio_append(audio))]
 
     def _on_dtmf(self, ev: DtmfReceived, now_ms: int) -> list[Command]:
-        out: list[Command] = [
-            RecordCallEvent("dtmf", {"digit": ev.digit}),
-            SendToRealtime(rt.user_text(f"[The caller pressed the key {ev.digit} on their phone keypad.]")),
-        ]
+        out: list[Command] = [RecordCallEvent("dtmf", {"digit": ev.digit})]
+        if self.config.opt_out_digit is not None and ev.digit == self.config.opt_out_digit:
+            out.append(OptOut(f"pressed {ev.digit} to opt out", "dtmf"))
+            text = "[The callee pressed the opt-out key. They are now on our do-not-call list: confirm it briefly.]"
+        else:
+            text = f"[The caller pressed the key {ev.digit} on their phone keypad.]"
+        out.append(SendToRealtime(rt.user_text(text)))
         self._request_response(None, out)
         return out
 
@@ -611,6 +623,11 @@ class CallBridge:
         out.append(RecordCallEvent("tool_called", {"name": call.name, "call_id": call.call_id, "arguments": args}))
         if call.name == END_CALL:
             self._schedule_end(HangUp(reason or "agent ended the call"), now_ms, call.call_id)
+        elif call.name == OPT_OUT:
+            out.append(OptOut(str(args.get("words") or "asked not to be called again"), "opt_out_tool"))
+            self._tool_result(
+                call.call_id, call.name, '{"status":"opted out: no more calls to this number"}', True, out
+            )
         elif call.name == TRANSFER_TO_HUMAN:
             number = self.config.transfer_number
             if number:

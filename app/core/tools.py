@@ -6,6 +6,7 @@ from typing import Any
 
 END_CALL = "end_call"
 TRANSFER_TO_HUMAN = "transfer_to_human"
+OPT_OUT = "opt_out"
 
 BUILTIN_TOOLS: tuple[dict[str, Any], ...] = (
     {
@@ -15,6 +16,20 @@ BUILTIN_TOOLS: tuple[dict[str, Any], ...] = (
         "parameters": {
             "type": "object",
             "properties": {"reason": {"type": "string", "description": "Why the call is ending."}},
+            "required": [],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "type": "function",
+        "name": OPT_OUT,
+        "description": (
+            "The caller does not want to be called again (stop, quit, end, revoke, opt out, cancel, unsubscribe, "
+            "do not call me). Call this at once; then confirm in one sentence that they will not be called again."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {"words": {"type": "string", "description": "What the caller said."}},
             "required": [],
             "additionalProperties": False,
         },

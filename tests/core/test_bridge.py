@@ -13,6 +13,7 @@ from app.core.bridge import (
     CallBridge,
     Command,
     HangUp,
+    OptOut,
     RecordCallEvent,
     RunTool,
     SaveTranscript,
@@ -349,3 +350,20 @@ def test_barge_in_truncates_an_item_whose_sent_audio_all_played_but_more_was_gen
     assert [m["event"] for m in twilio(cmds)] == ["clear"]
     truncate = next(e for e in realtime(cmds) if e["type"] == "conversation.item.truncate")
     assert truncate["audio_end_ms"] == 40
+
+
+def test_the_opt_out_tool_revokes_at_once_and_the_model_confirms() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "opt_out", '{"words":"stop calling me"}'), 10)
+    cmds = bridge.handle(rt.ResponseDone("resp_greet", "completed"), 11)
+    assert [(c.reason, c.source) for c in of(cmds, OptOut)] == [("stop calling me", "opt_out_tool")]
+    sent = realtime(cmds)
+    assert "opted out" in sent[0]["item"]["output"] and sent[1]["type"] == "response.create"
+
+
+def test_the_opt_out_key_revokes_and_other_keys_do_not() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    assert of(bridge.handle(DtmfReceived("3"), 10), OptOut) == []
+    assert [c.source for c in of(bridge.handle(DtmfReceived("9"), 20), OptOut)] == ["dtmf"]

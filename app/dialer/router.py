@@ -1,0 +1,522 @@
+"""Ops REST API: campaigns, contacts, consent, do-not-call lists, and why a contact is (not) called."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import delete, func, select
+
+from app.auth.keys import Role, require_role
+from app.db import SessionDep
+from app.dialer import service
+from app.dialer.contacts_import import ImportReport, parse_contacts_csv, parse_contacts_json
+from app.dialer.location import normalise
+from app.dialer.models import (
+    Attempt,
+    Campaign,
+    ConsentRecord,
+    Contact,
+    DialDecisionRecord,
+    DncEntry,
+    NationalDncImport,
+    NationalDncNumber,
+)
+from app.dialer.policy import Jurisdiction
+from app.problems import ProblemError
+
+router = APIRouter(prefix="/api/v1", tags=["dialer"], dependencies=[Depends(require_role(Role.ops))])
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+Purpose = Literal["marketing", "informational", "healthcare", "emergency"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def e164(phone: str) -> str:
+    normal = normalise(phone)
+    if normal is None:
+        raise ProblemError(422, "Invalid phone number", f"{phone!r} is not a phone number.")
+    return normal
+
+
+# -- campaigns ------------------------------------------------------------------------------
+
+
+class CampaignIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    purpose: Purpose
+    subject: str = Field(min_length=1, max_length=200)
+    caller_id: str
+    instructions: str = ""
+    window_start: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}$", description="callee-local HH:MM")
+    window_end: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}$")
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_spacing_min: int = Field(default=240, ge=1)
+    daily_attempt_limit: int = Field(default=1, ge=1, le=10)
+    concurrency: int = Field(default=5, ge=1, le=1000)
+    calls_per_second: float = Field(default=1.0, gt=0, le=100)
+    machine_action: Literal["voicemail", "hangup"] = "voicemail"
+
+    @field_validator("caller_id")
+    @classmethod
+    def _caller_id(cls, v: str) -> str:
+        normal = normalise(v)
+        if normal is None:
+            raise ValueError("caller_id must be a phone number")
+        return normal
+
+
+class CampaignPatch(BaseModel):
+    name: str | None = None
+    instructions: str | None = None
+    window_start: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}$")
+    window_end: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}$")
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+    retry_spacing_min: int | None = Field(default=None, ge=1)
+    daily_attempt_limit: int | None = Field(default=None, ge=1, le=10)
+    concurrency: int | None = Field(default=None, ge=1, le=1000)
+    calls_per_second: float | None = Field(default=None, gt=0, le=100)
+    machine_action: Literal["voicemail", "hangup"] | None = None
+
+
+class CampaignOut(BaseModel):
+    id: int
+    name: str
+    purpose: str
+    subject: str
+    caller_id: str
+    instructions: str
+    status: str
+    window_start: str | None
+    window_end: str | None
+    max_attempts: int
+    retry_spacing_min: int
+    daily_attempt_limit: int
+    concurrency: int
+    calls_per_second: float
+    machine_action: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _minutes(hhmm: str | None) -> int | None:
+    if hhmm is None:
+        return None
+    h, m = (int(x) for x in hhmm.split(":"))
+    if not (0 <= h <= 24 and 0 <= m < 60) or h * 60 + m > 24 * 60:
+        raise ProblemError(422, "Invalid window", f"{hhmm} is not a time of day.")
+    return h * 60 + m
+
+
+def _hhmm(minutes: int | None) -> str | None:
+    return None if minutes is None else f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _out(c: Campaign) -> CampaignOut:
+    return CampaignOut(
+        id=c.id,
+        name=c.name,
+        purpose=c.purpose,
+        subject=c.subject,
+        caller_id=c.caller_id,
+        instructions=c.instructions,
+        status=c.status,
+        window_start=_hhmm(c.window_start_min),
+        window_end=_hhmm(c.window_end_min),
+        max_attempts=c.max_attempts,
+        retry_spacing_min=c.retry_spacing_min,
+        daily_attempt_limit=c.daily_attempt_limit,
+        concurrency=c.concurrency,
+        calls_per_second=c.calls_per_second,
+        machine_action=c.machine_action,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+    )
+
+
+def _window(start: str | None, end: str | None) -> tuple[int | None, int | None]:
+    """An override may only narrow the law: it is intersected with every legal window at decision time."""
+    if (start is None) != (end is None):
+        raise ProblemError(422, "Invalid window", "Give both window_start and window_end, or neither.")
+    s, e = _minutes(start), _minutes(end)
+    if s is not None and e is not None and s >= e:
+        raise ProblemError(422, "Invalid window", "window_start must be before window_end.")
+    return s, e
+
+
+async def _campaign(session: SessionDep, campaign_id: int) -> Campaign:
+    campaign = await session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise ProblemError(404, "Campaign not found", f"No campaign {campaign_id}.")
+    return campaign
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+@router.post("/campaigns", response_model=CampaignOut, status_code=201)
+async def create_campaign(body: CampaignIn, session: SessionDep) -> CampaignOut:
+    start, end = _window(body.window_start, body.window_end)
+    now = utcnow()
+    fields = body.model_dump(exclude={"window_start", "window_end"})
+    campaign = Campaign(**fields, window_start_min=start, window_end_min=end, created_at=now, updated_at=now)
+    session.add(campaign)
+    await session.commit()
+    return _out(campaign)
+
+
+@router.get("/campaigns", response_model=Page[CampaignOut])
+async def list_campaigns(session: SessionDep, limit: Limit = 50, offset: Offset = 0) -> Page[CampaignOut]:
+    total = await session.scalar(select(func.count()).select_from(Campaign)) or 0
+    rows = await session.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(limit).offset(offset))
+    return Page[CampaignOut](items=[_out(c) for c in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
+async def get_campaign(campaign_id: int, session: SessionDep) -> CampaignOut:
+    return _out(await _campaign(session, campaign_id))
+
+
+@router.patch("/campaigns/{campaign_id}", response_model=CampaignOut)
+async def update_campaign(campaign_id: int, body: CampaignPatch, session: SessionDep) -> CampaignOut:
+    campaign = await _campaign(session, campaign_id)
+    changes = body.model_dump(exclude_unset=True)
+    if "window_start" in changes or "window_end" in changes:
+        start, end = _window(changes.pop("window_start", None), changes.pop("window_end", None))
+        campaign.window_start_min, campaign.window_end_min = start, end
+    for key, value in changes.items():
+        setattr(campaign, key, value)
+    campaign.updated_at = utcnow()
+    await session.commit()
+    return _out(campaign)
+
+
+_TRANSITIONS = {
+    "start": ({"draft"}, "running"),
+    "pause": ({"running"}, "paused"),
+    "resume": ({"paused"}, "running"),
+    "stop": ({"draft", "running", "paused"}, "stopped"),
+}
+
+
+@router.post("/campaigns/{campaign_id}/{action}", response_model=CampaignOut)
+async def change_status(
+    campaign_id: int, action: Literal["start", "pause", "resume", "stop"], session: SessionDep
+) -> CampaignOut:
+    campaign = await _campaign(session, campaign_id)
+    allowed, target = _TRANSITIONS[action]
+    if campaign.status not in allowed:
+        raise ProblemError(409, "Invalid transition", f"A {campaign.status} campaign cannot {action}.")
+    campaign.status = target
+    campaign.updated_at = utcnow()
+    await session.commit()
+    return _out(campaign)
+
+
+# -- contacts -------------------------------------------------------------------------------
+
+
+class RowErrorOut(BaseModel):
+    line: int
+    field: str | None
+    code: str
+    message: str
+
+
+class ImportResult(BaseModel):
+    total: int
+    accepted: int
+    rejected: int
+    created: int
+    updated: int
+    unchanged: int
+    errors: list[RowErrorOut]
+
+
+async def _import(session: SessionDep, campaign: Campaign, report: ImportReport) -> ImportResult:
+    created = updated = unchanged = 0
+    rows = list(report.rows)
+    now = utcnow()
+    for i in range(0, len(rows), 1000):
+        c, u, n = await service.import_contacts(session, campaign=campaign, rows=rows[i : i + 1000], now=now)
+        created, updated, unchanged = created + c, updated + u, unchanged + n
+        await session.flush()
+    await session.commit()
+    return ImportResult(
+        total=report.total,
+        accepted=report.accepted,
+        rejected=report.rejected,
+        created=created,
+        updated=updated,
+        unchanged=unchanged,
+        errors=[RowErrorOut(line=e.line, field=e.field, code=e.code, message=e.message) for e in report.errors],
+    )
+
+
+@router.post("/campaigns/{campaign_id}/contacts", response_model=ImportResult)
+async def import_contacts_json(campaign_id: int, items: list[dict[str, Any]], session: SessionDep) -> ImportResult:
+    campaign = await _campaign(session, campaign_id)
+    return await _import(session, campaign, parse_contacts_json(items, now=utcnow()))
+
+
+@router.post("/campaigns/{campaign_id}/contacts/csv", response_model=ImportResult)
+async def import_contacts_csv(
+    campaign_id: int, session: SessionDep, file: Annotated[UploadFile, File(description="CSV with a header row")]
+) -> ImportResult:
+    campaign = await _campaign(session, campaign_id)
+    data = await file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ProblemError(413, "File too large", f"CSV uploads are limited to {MAX_UPLOAD_BYTES} bytes.")
+    return await _import(session, campaign, parse_contacts_csv(data, now=utcnow()))
+
+
+class ContactOut(BaseModel):
+    id: int
+    phone: str
+    name: str | None
+    state: str | None
+    timezone: str | None
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    disposition: str | None
+    location: dict[str, Any]
+
+
+@router.get("/campaigns/{campaign_id}/contacts", response_model=Page[ContactOut])
+async def list_contacts(
+    campaign_id: int, session: SessionDep, limit: Limit = 50, offset: Offset = 0
+) -> Page[ContactOut]:
+    await _campaign(session, campaign_id)
+    where = Contact.campaign_id == campaign_id
+    total = await session.scalar(select(func.count()).select_from(Contact).where(where)) or 0
+    rows = await session.scalars(select(Contact).where(where).order_by(Contact.id).limit(limit).offset(offset))
+    items = [ContactOut.model_validate(c, from_attributes=True) for c in rows]
+    return Page[ContactOut](items=items, total=total, limit=limit, offset=offset)
+
+
+class ReasonOut(BaseModel):
+    code: str
+    message: str
+    source: str
+
+
+class DecisionOut(BaseModel):
+    contact_id: int
+    phone: str
+    at: datetime
+    outcome: str
+    defer_until: datetime | None
+    reasons: list[ReasonOut]
+
+
+@router.get("/campaigns/{campaign_id}/contacts/{contact_id}/decision", response_model=DecisionOut)
+async def explain_decision(
+    campaign_id: int,
+    contact_id: int,
+    request: Request,
+    session: SessionDep,
+    at: Annotated[datetime | None, Query(description="ISO instant with offset; default now")] = None,
+) -> DecisionOut:
+    """Why this contact would or would not be called at ``at``; nothing is dialed or recorded."""
+    campaign = await _campaign(session, campaign_id)
+    contact = await session.get(Contact, contact_id)
+    if contact is None or contact.campaign_id != campaign_id:
+        raise ProblemError(404, "Contact not found", f"No contact {contact_id} in campaign {campaign_id}.")
+    when = at or utcnow()
+    if when.tzinfo is None:
+        raise ProblemError(422, "Ambiguous instant", "Give `at` with a UTC offset, e.g. 2026-07-01T15:00:00Z.")
+    jurisdiction: Jurisdiction = request.app.state.runtime.jurisdiction
+    decision = await service.decide_for_contact(
+        session, campaign=campaign, contact=contact, now=when, jurisdiction=jurisdiction
+    )
+    return DecisionOut(
+        contact_id=contact.id,
+        phone=contact.phone,
+        at=when,
+        outcome=decision.outcome.value,
+        defer_until=decision.defer_until,
+        reasons=[ReasonOut(code=r.code, message=r.message, source=r.source) for r in decision.reasons],
+    )
+
+
+class DecisionRecordOut(BaseModel):
+    id: int
+    contact_id: int
+    phone: str
+    decided_at: datetime
+    outcome: str
+    defer_until: datetime | None
+    reasons: list[dict[str, Any]]
+    attempt_id: int | None
+
+
+@router.get("/campaigns/{campaign_id}/decisions", response_model=Page[DecisionRecordOut])
+async def list_decisions(
+    campaign_id: int, session: SessionDep, limit: Limit = 50, offset: Offset = 0
+) -> Page[DecisionRecordOut]:
+    where = DialDecisionRecord.campaign_id == campaign_id
+    total = await session.scalar(select(func.count()).select_from(DialDecisionRecord).where(where)) or 0
+    rows = await session.scalars(
+        select(DialDecisionRecord).where(where).order_by(DialDecisionRecord.id.desc()).limit(limit).offset(offset)
+    )
+    items = [DecisionRecordOut.model_validate(r, from_attributes=True) for r in rows]
+    return Page[DecisionRecordOut](items=items, total=total, limit=limit, offset=offset)
+
+
+class AttemptOut(BaseModel):
+    id: int
+    contact_id: int
+    phone: str
+    placed_at: datetime
+    call_sid: str | None
+    status: str
+    answered_by: str | None
+    disposition: str | None
+
+
+@router.get("/campaigns/{campaign_id}/attempts", response_model=Page[AttemptOut])
+async def list_attempts(
+    campaign_id: int, session: SessionDep, limit: Limit = 50, offset: Offset = 0
+) -> Page[AttemptOut]:
+    where = Attempt.campaign_id == campaign_id
+    total = await session.scalar(select(func.count()).select_from(Attempt).where(where)) or 0
+    rows = await session.scalars(select(Attempt).where(where).order_by(Attempt.id.desc()).limit(limit).offset(offset))
+    items = [AttemptOut.model_validate(a, from_attributes=True) for a in rows]
+    return Page[AttemptOut](items=items, total=total, limit=limit, offset=offset)
+
+
+# -- consent and do-not-call ----------------------------------------------------------------
+
+
+class ConsentIn(BaseModel):
+    phone: str
+    kind: Literal["written", "express"]
+    source: str | None = None
+    granted_at: datetime | None = None
+
+
+class RevocationIn(BaseModel):
+    phone: str
+    reason: str = Field(default="revoked through the API", max_length=200)
+
+
+class DncIn(BaseModel):
+    phone: str
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class DncStatus(BaseModel):
+    phone: str
+    internal: bool
+    national: bool
+    national_as_of: date | None
+
+
+@router.post("/consents", status_code=201)
+async def record_consent(body: ConsentIn, session: SessionDep) -> dict[str, str]:
+    phone = e164(body.phone)
+    session.add(
+        ConsentRecord(phone=phone, kind=body.kind, source=body.source, granted_at=body.granted_at, recorded_at=utcnow())
+    )
+    await session.commit()
+    return {"phone": phone, "kind": body.kind}
+
+
+@router.post("/consents/revoke", status_code=201)
+async def revoke_consent(body: RevocationIn, session: SessionDep) -> dict[str, str]:
+    """Revocation by API: blocks the number for every campaign at once and adds it to the internal DNC."""
+    phone = e164(body.phone)
+    await service.revoke(session, phone=phone, reason=body.reason, source="api", now=utcnow())
+    await session.commit()
+    return {"phone": phone, "status": "revoked"}
+
+
+@router.post("/dnc", status_code=201)
+async def add_dnc(body: DncIn, session: SessionDep) -> dict[str, str]:
+    phone = e164(body.phone)
+    if not await service.on_internal_dnc(session, phone):
+        session.add(DncEntry(phone=phone, reason=body.reason, source="api", added_at=utcnow()))
+        await session.commit()
+    return {"phone": phone, "status": "listed"}
+
+
+@router.delete("/dnc/{phone}")
+async def remove_dnc(phone: str, session: SessionDep, reason: Annotated[str, Query(min_length=1)]) -> dict[str, str]:
+    normal = e164(phone)
+    entries = list(
+        await session.scalars(select(DncEntry).where(DncEntry.phone == normal, DncEntry.removed_at.is_(None)))
+    )
+    if not entries:
+        raise ProblemError(404, "Not listed", f"{normal} is not on the internal do-not-call list.")
+    for entry in entries:
+        entry.removed_at, entry.removed_reason = utcnow(), reason
+    await session.commit()
+    return {"phone": normal, "status": "removed"}
+
+
+@router.get("/dnc/{phone}", response_model=DncStatus)
+async def check_dnc(phone: str, session: SessionDep) -> DncStatus:
+    normal = e164(phone)
+    return DncStatus(
+        phone=normal,
+        internal=await service.on_internal_dnc(session, normal),
+        national=await service.on_national_dnc(session, normal),
+        national_as_of=await service.national_registry_date(session),
+    )
+
+
+class BulkDncIn(BaseModel):
+    phones: list[str] = Field(max_length=100_000)
+    reason: str = Field(min_length=1, max_length=200)
+
+
+@router.post("/dnc/import")
+async def import_dnc(body: BulkDncIn, session: SessionDep) -> dict[str, Any]:
+    now = utcnow()
+    added, rejected = 0, []
+    for i, raw in enumerate(body.phones):
+        phone = normalise(raw)
+        if phone is None:
+            rejected.append({"index": i, "phone": raw, "reason": "not a phone number"})
+            continue
+        if not await service.on_internal_dnc(session, phone):
+            session.add(DncEntry(phone=phone, reason=body.reason, source="import", added_at=now))
+            await session.flush()
+            added += 1
+    await session.commit()
+    return {"added": added, "rejected": rejected}
+
+
+class NationalDncIn(BaseModel):
+    as_of: date
+    phones: list[str] = Field(max_length=5_000_000)
+
+
+@router.post("/national-dnc", status_code=201)
+async def import_national_dnc(body: NationalDncIn, session: SessionDep) -> dict[str, Any]:
+    """Replace the deployment's national registry copy; its date gates marketing campaigns."""
+    phones = {p for p in (normalise(raw) for raw in body.phones) if p is not None}
+    await session.execute(delete(NationalDncNumber))
+    record = NationalDncImport(as_of=body.as_of, numbers=len(phones), imported_at=utcnow())
+    session.add(record)
+    await session.flush()
+    session.add_all(NationalDncNumber(phone=p, import_id=record.id) for p in phones)
+    await session.commit()
+    return {"as_of": body.as_of.isoformat(), "numbers": len(phones)}

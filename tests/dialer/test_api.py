@@ -1,0 +1,148 @@
+"""The ops API through the real server: campaigns, contact imports, consent, DNC, and the explain endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.auth.keys import Role
+from tests.support import key_for, make_settings, serve
+
+pytestmark = pytest.mark.asyncio
+
+CAMPAIGN = {
+    "name": "July reminders",
+    "purpose": "informational",
+    "subject": "appointment reminders",
+    "caller_id": "+12125550100",
+    "window_start": "10:00",
+    "window_end": "18:00",
+}
+CSV = (
+    b"phone,name,state,consent,consent_at,consent_source\n"
+    b"(212) 555-0123,Ada,NY,written,2026-05-01T10:00:00Z,web form\n"
+    b"+1 512 555 0123,Bob,TX,express,2026-05-02T10:00:00+00:00,call\n"
+    b"not a number,Eve,,written,2026-05-01T10:00:00Z,web\n"
+    b"212-555-0123,Ada again,NY,written,2026-05-01T10:00:00Z,web form\n"
+    b"+1 800 555 0123,Tollfree,,written,2026-05-01T10:00:00Z,web\n"
+)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = make_settings(tmp_path, realtime_url="ws://127.0.0.1:9/v1")
+    key = await key_for(settings.effective_database_url, Role.ops)
+    async with (
+        serve(settings) as base,
+        httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        yield client
+
+
+async def make_campaign(api: httpx.AsyncClient, **overrides: object) -> int:
+    response = await api.post("/api/v1/campaigns", json={**CAMPAIGN, **overrides})
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def test_campaign_lifecycle_and_validation(api: httpx.AsyncClient) -> None:
+    cid = await make_campaign(api)
+    got = (await api.get(f"/api/v1/campaigns/{cid}")).json()
+    assert (got["status"], got["window_start"], got["window_end"], got["caller_id"]) == (
+        "draft",
+        "10:00",
+        "18:00",
+        "+12125550100",
+    )
+    assert (await api.post(f"/api/v1/campaigns/{cid}/pause")).status_code == 409
+    assert (await api.post(f"/api/v1/campaigns/{cid}/start")).json()["status"] == "running"
+    assert (await api.post(f"/api/v1/campaigns/{cid}/pause")).json()["status"] == "paused"
+    assert (await api.post(f"/api/v1/campaigns/{cid}/resume")).json()["status"] == "running"
+    patched = await api.patch(
+        f"/api/v1/campaigns/{cid}", json={"concurrency": 9, "window_start": "11:00", "window_end": "17:00"}
+    )
+    assert (patched.json()["concurrency"], patched.json()["window_start"]) == (9, "11:00")
+    assert (await api.post(f"/api/v1/campaigns/{cid}/stop")).json()["status"] == "stopped"
+    bad = await api.post("/api/v1/campaigns", json={**CAMPAIGN, "purpose": "spam"})
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    backwards = await api.post("/api/v1/campaigns", json={**CAMPAIGN, "window_start": "18:00", "window_end": "10:00"})
+    assert backwards.status_code == 422
+    assert (await api.get("/api/v1/campaigns/999")).status_code == 404
+    listing = (await api.get("/api/v1/campaigns", params={"limit": 1})).json()
+    assert listing["total"] >= 1 and len(listing["items"]) == 1
+
+
+async def test_csv_import_reports_bad_rows_and_reimport_changes_nothing(api: httpx.AsyncClient) -> None:
+    cid = await make_campaign(api)
+    first = (await api.post(f"/api/v1/campaigns/{cid}/contacts/csv", files={"file": ("c.csv", CSV, "text/csv")})).json()
+    assert (first["total"], first["accepted"], first["created"]) == (5, 3, 3)
+    assert sorted((e["line"], e["code"]) for e in first["errors"]) == [(3, "phone.invalid"), (4, "row.duplicate")]
+    again = (await api.post(f"/api/v1/campaigns/{cid}/contacts/csv", files={"file": ("c.csv", CSV, "text/csv")})).json()
+    assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 3)
+    contacts = (await api.get(f"/api/v1/campaigns/{cid}/contacts")).json()["items"]
+    by_phone = {c["phone"]: c for c in contacts}
+    assert set(by_phone) == {"+12125550123", "+15125550123", "+18005550123"}
+    assert by_phone["+18005550123"]["status"] == "held"  # toll-free: held for review, never dialed
+    assert "America/Chicago" in by_phone["+15125550123"]["location"]["zones"]
+
+
+async def test_explain_says_why_and_an_api_revocation_blocks_every_campaign(api: httpx.AsyncClient) -> None:
+    cid = await make_campaign(api)
+    other = await make_campaign(api, name="Other", subject="billing")
+    for campaign in (cid, other):
+        await api.post(f"/api/v1/campaigns/{campaign}/contacts/csv", files={"file": ("c.csv", CSV, "text/csv")})
+    contacts = (await api.get(f"/api/v1/campaigns/{cid}/contacts")).json()["items"]
+    ada = next(c for c in contacts if c["phone"] == "+12125550123")
+
+    async def explain(campaign: int, contact: int, at: str) -> dict[str, object]:
+        response = await api.get(f"/api/v1/campaigns/{campaign}/contacts/{contact}/decision", params={"at": at})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    # 2026-07-01 15:00Z is 11:00 in New York: inside the law and the campaign's 10:00-18:00.
+    assert (await explain(cid, ada["id"], "2026-07-01T15:00:00Z"))["outcome"] == "allow"
+    early = await explain(cid, ada["id"], "2026-07-01T13:30:00Z")  # 09:30: the campaign window narrows
+    assert early["outcome"] == "defer" and early["reasons"][0]["code"] == "window.campaign"  # type: ignore[index]
+    assert early["defer_until"] == "2026-07-01T14:00:00Z"
+    revoked = await api.post("/api/v1/consents/revoke", json={"phone": "212 555 0123", "reason": "asked by email"})
+    assert revoked.status_code == 201
+    other_ada = next(
+        c
+        for c in (await api.get(f"/api/v1/campaigns/{other}/contacts")).json()["items"]
+        if c["phone"] == "+12125550123"
+    )
+    for campaign, contact in ((cid, ada["id"]), (other, other_ada["id"])):
+        decision = await explain(campaign, contact, "2026-07-01T15:00:00Z")
+        assert decision["outcome"] == "deny" and decision["reasons"][0]["code"] == "consent.revoked"  # type: ignore[index]
+    dnc = (await api.get("/api/v1/dnc/+12125550123")).json()
+    assert dnc["internal"] is True
+    naive = await api.get(
+        f"/api/v1/campaigns/{cid}/contacts/{ada['id']}/decision", params={"at": "2026-07-01T15:00:00"}
+    )
+    assert naive.status_code == 422
+
+
+async def test_internal_dnc_add_check_remove_and_national_registry(api: httpx.AsyncClient) -> None:
+    assert (await api.post("/api/v1/dnc", json={"phone": "+15125550123", "reason": "complaint"})).status_code == 201
+    assert (await api.get("/api/v1/dnc/5125550123")).json()["internal"] is True
+    assert (await api.delete("/api/v1/dnc/+15125550123")).status_code == 422  # a removal needs a reason
+    assert (await api.delete("/api/v1/dnc/+15125550123", params={"reason": "added by mistake"})).status_code == 200
+    assert (await api.get("/api/v1/dnc/+15125550123")).json()["internal"] is False
+    bulk = (await api.post("/api/v1/dnc/import", json={"phones": ["+13055550123", "garbage"], "reason": "list"})).json()
+    assert bulk["added"] == 1 and bulk["rejected"][0]["index"] == 1
+    registry = await api.post("/api/v1/national-dnc", json={"as_of": "2026-06-20", "phones": ["+16175550123"]})
+    assert registry.status_code == 201
+    status = (await api.get("/api/v1/dnc/+16175550123")).json()
+    assert status["national"] is True and status["national_as_of"] == "2026-06-20"
+
+
+async def test_the_ops_api_needs_an_ops_key(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, realtime_url="ws://127.0.0.1:9/v1")
+    supervisor = await key_for(settings.effective_database_url, Role.supervisor)
+    async with serve(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/api/v1/campaigns")).status_code == 401
+        forbidden = await client.get("/api/v1/campaigns", headers={"Authorization": f"Bearer {supervisor}"})
+    assert forbidden.status_code == 403

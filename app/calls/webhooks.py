@@ -10,9 +10,12 @@ from fastapi import APIRouter, Request, Response
 from redis.exceptions import RedisError
 from starlette.datastructures import FormData
 
+from app.adapters.twilio_rest import TwilioError
 from app.archive.service import record_call_event
 from app.core import twiml
 from app.core.stream_token import RESUME, STREAM, issue_stream_token
+from app.dialer import outcomes
+from app.dialer.models import Campaign
 from app.problems import ProblemError
 from app.runtime import Runtime
 
@@ -132,7 +135,75 @@ async def status(request: Request) -> Response:
     call_sid = _field(form, "CallSid")
     keep = ("CallStatus", "CallDuration", "Direction", "Timestamp", "SequenceNumber", "AnsweredBy", "ErrorCode")
     detail = {k: _field(form, k) for k in keep if _field(form, k)}
-    await record_call_event(
-        rt.sessionmaker, call_sid=call_sid, kind="status_callback", detail=detail, at=datetime.now(UTC)
-    )
+    now = datetime.now(UTC)
+    await record_call_event(rt.sessionmaker, call_sid=call_sid, kind="status_callback", detail=detail, at=now)
+    async with rt.sessionmaker() as session:
+        attempt = await outcomes.attempt_for(session, attempt_id=request.query_params.get("attempt"), call_sid=call_sid)
+        if attempt is not None:
+            if attempt.call_sid is None:
+                attempt.call_sid = call_sid
+            status = _field(form, "CallStatus")
+            await outcomes.record_status(session, attempt=attempt, status=status, answered_by=None, now=now)
+            await session.commit()
     return Response(status_code=204)
+
+
+@router.post("/outbound")
+async def outbound(request: Request) -> Response:
+    """An outbound call was answered: connect it to the media socket with its attempt."""
+    rt: Runtime = request.app.state.runtime
+    form = await signed_form(request)
+    call_sid = _field(form, "CallSid")
+    attempt_id = request.query_params.get("attempt", "")
+    async with rt.sessionmaker() as session:
+        attempt = await outcomes.attempt_for(session, attempt_id=attempt_id, call_sid=call_sid)
+    if attempt is None:
+        raise ProblemError(404, "Unknown attempt", f"No dial attempt {attempt_id!r} for call {call_sid}.")
+    await rt.call_store.put_meta(
+        call_sid,
+        {
+            "call_sid": call_sid,
+            "direction": "outbound",
+            "from": _field(form, "From"),
+            "to": attempt.phone,
+            "attempt_id": attempt.id,
+            "campaign_id": attempt.campaign_id,
+            "webhook_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    log.info("call.outbound_answered", call_sid=call_sid, attempt=attempt.id)
+    return Response(stream_twiml(rt, call_sid=call_sid, direction="outbound"), media_type=TWIML)
+
+
+@router.post("/amd", status_code=204)
+async def answering_machine(request: Request) -> Response:
+    """Async AMD result: a machine gets the campaign's voicemail (or a hang-up); a person, nothing."""
+    rt: Runtime = request.app.state.runtime
+    form = await signed_form(request)
+    call_sid = _field(form, "CallSid")
+    answered_by = _field(form, "AnsweredBy")
+    async with rt.sessionmaker() as session:
+        attempt = await outcomes.attempt_for(session, attempt_id=request.query_params.get("attempt"), call_sid=call_sid)
+        if attempt is None:
+            return Response(status_code=204)
+        attempt.answered_by = answered_by
+        campaign = await session.get(Campaign, attempt.campaign_id)
+        await session.commit()
+    if campaign is None or not answered_by.startswith("machine"):
+        return Response(status_code=204)
+    try:
+        if campaign.machine_action == "voicemail":
+            await rt.twilio.update_twiml(call_sid, twiml.voicemail(voicemail_text(rt, campaign.caller_id)))
+        else:
+            await rt.twilio.hangup(call_sid)
+    except TwilioError as exc:
+        log.warning("call.amd_action_failed", call_sid=call_sid, status=exc.status, code=exc.code)
+    return Response(status_code=204)
+
+
+def voicemail_text(rt: Runtime, callback_number: str) -> str:
+    spoken = " ".join(callback_number.removeprefix("+1"))
+    return (
+        f"Hello, this is {rt.settings.business_name}. Please call us back at {spoken}. "
+        "To stop these calls, call that number and ask to be removed. Goodbye."
+    )

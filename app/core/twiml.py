@@ -41,6 +41,13 @@ def dial(number: str, *, caller_id: str | None = None) -> str:
     return str(response)
 
 
+def voicemail(message: str) -> str:
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response)
+
+
 def hang_up() -> str:
     response = VoiceResponse()
     response.hangup()

@@ -41,7 +41,8 @@ class CallsPerSecond:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    async def acquire(self, campaign_id: int, rate: float) -> None:
+    async def acquire(self, campaign_id: int, rate: float) -> int:
+        """Wait for a slot; returns the (unix) second the call was admitted in."""
         per_window = max(1, int(rate))
         while True:
             now = time.time()
@@ -52,7 +53,7 @@ class CallsPerSecond:
                 pipe.expire(key, 5)
                 count, _ = await pipe.execute()
             if int(count) <= per_window:
-                return
+                return second
             await asyncio.sleep(second + 1 - now)
 
 

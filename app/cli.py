@@ -84,6 +84,30 @@ def create_api_key_cmd(
 
 
 @cli.command()
+def dialer() -> None:
+    """Run a dialer worker (several may run against PostgreSQL; one against SQLite)."""
+    from app.dialer.worker import Dialer
+    from app.main import build_runtime
+    from app.models import import_all_models
+    from app.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    import_all_models()
+
+    async def run() -> None:
+        runtime = build_runtime(settings)
+        try:
+            await Dialer(runtime).run_forever()
+        finally:
+            await runtime.twilio.aclose()
+            await runtime.redis.aclose()
+            await runtime.engine.dispose()
+
+    asyncio.run(run())
+
+
+@cli.command()
 def emulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8765,

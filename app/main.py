@@ -28,6 +28,7 @@ from app.core.tools import greeting_instructions
 from app.db import make_engine, make_sessionmaker
 from app.dialer.policy import Jurisdiction
 from app.dialer.router import router as dialer_router
+from app.dialer.worker import Dialer
 from app.observability import Metrics
 from app.problems import install_problem_handlers, problem_response
 from app.runtime import Runtime, make_redis
@@ -93,7 +94,12 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         runtime = build_runtime(settings, tools=tools)
         app.state.runtime = runtime
         runtime.takeovers.start()
-        sweeper = asyncio.create_task(run_sweeper(runtime), name="orphan-sweeper")
+        background = [asyncio.create_task(run_sweeper(runtime), name="orphan-sweeper")]
+        in_process = settings.dialer_in_process
+        if in_process is None:
+            in_process = runtime.engine.dialect.name == "sqlite"  # one node: it may be the single claimant
+        if in_process:
+            background.append(asyncio.create_task(Dialer(runtime).run_forever(), name="dialer"))
         if settings.openai_api_key is None and "api.openai.com" in settings.openai_realtime_url:
             log.warning(
                 "openai.no_api_key", detail="OPENAI_API_KEY unset: calls will fail; run scripts/dev for the emulator"
@@ -108,8 +114,9 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         try:
             yield
         finally:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await runtime.takeovers.stop()
             await runtime.twilio.aclose()
             await runtime.realtime.aclose()

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
 
     # Dialer
     declared_emergency_states: list[str] = Field(default_factory=list)  # e.g. ["LA"]: no calls there
+    dialer_in_process: bool | None = None  # None: run the dialer inside serve on embedded defaults (SQLite)
 
     # Resilience
     lease_ttl_s: float = 6.0

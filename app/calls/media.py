@@ -26,9 +26,11 @@ from app.adapters.twilio_rest import TwilioError
 from app.archive.service import CallEventRecord
 from app.calls.archiving import archive_live_call, event_to_dict
 from app.calls.live import LiveState, line_from_dict
+from app.calls.outbound import campaign_bridge_config
 from app.calls.tools import ToolContext
 from app.core import twiml
 from app.core.bridge import (
+    BridgeConfig,
     CallBridge,
     Command,
     HangUp,
@@ -54,6 +56,7 @@ from app.core.twilio_media import (
     parse_twilio_message,
 )
 from app.dialer.location import normalise
+from app.dialer.models import Campaign
 from app.dialer.service import revoke
 from app.runtime import Runtime
 
@@ -248,7 +251,7 @@ class CallSession:
         rt.takeovers.register(start.call_sid, self._on_taken_over)
         resumed = kind == RESUME or bool(lines)
         self.bridge = CallBridge(
-            rt.bridge_config,
+            await self._bridge_config(meta),
             started_at_ms=self.now_ms() - max(0, wall_ms - started_ms),
             history=lines,
             greeted=bool(meta.get("greeted")),
@@ -270,6 +273,17 @@ class CallSession:
             self.status, self.end_reason = "failed", f"internal error: {type(exc).__name__}"
         finally:
             await self._finish(direction)
+
+    async def _bridge_config(self, meta: dict[str, Any]) -> BridgeConfig:
+        """The deployment's agent, or for an outbound campaign call, the campaign's."""
+        campaign_id = meta.get("campaign_id")
+        if not campaign_id:
+            return self.rt.bridge_config
+        async with self.rt.sessionmaker() as session:
+            campaign = await session.get(Campaign, int(campaign_id))
+        if campaign is None:
+            return self.rt.bridge_config
+        return campaign_bridge_config(self.rt.bridge_config, self.rt.settings, campaign)
 
     async def _run_pumps(self) -> None:
         twilio = asyncio.create_task(self._twilio_pump(), name="twilio-pump")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -254,7 +255,10 @@ async def _import(session: SessionDep, campaign: Campaign, report: ImportReport)
     rows = list(report.rows)
     now = utcnow()
     for i in range(0, len(rows), 1000):
-        c, u, n = await service.import_contacts(session, campaign=campaign, rows=rows[i : i + 1000], now=now)
+        chunk = rows[i : i + 1000]
+        # Parsing and locating are CPU work: off the event loop, so live calls on this node do not stall.
+        locations = await asyncio.to_thread(service.locate_rows, chunk)
+        c, u, n = await service.import_contacts(session, campaign=campaign, rows=chunk, now=now, locations=locations)
         created, updated, unchanged = created + c, updated + u, unchanged + n
         await session.flush()
     await session.commit()
@@ -272,7 +276,7 @@ async def _import(session: SessionDep, campaign: Campaign, report: ImportReport)
 @router.post("/campaigns/{campaign_id}/contacts", response_model=ImportResult)
 async def import_contacts_json(campaign_id: int, items: list[dict[str, Any]], session: SessionDep) -> ImportResult:
     campaign = await _campaign(session, campaign_id)
-    return await _import(session, campaign, parse_contacts_json(items, now=utcnow()))
+    return await _import(session, campaign, await asyncio.to_thread(parse_contacts_json, items, now=utcnow()))
 
 
 @router.post("/campaigns/{campaign_id}/contacts/csv", response_model=ImportResult)
@@ -283,7 +287,7 @@ async def import_contacts_csv(
     data = await file.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
         raise ProblemError(413, "File too large", f"CSV uploads are limited to {MAX_UPLOAD_BYTES} bytes.")
-    return await _import(session, campaign, parse_contacts_csv(data, now=utcnow()))
+    return await _import(session, campaign, await asyncio.to_thread(parse_contacts_csv, data, now=utcnow()))
 
 
 class ContactOut(BaseModel):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import delete, func, select
 
+from app.archive.models import Call, TranscriptSegment
 from app.auth.keys import Role, require_role
 from app.db import SessionDep
 from app.dialer import service
@@ -31,6 +32,7 @@ from app.problems import ProblemError
 router = APIRouter(prefix="/api/v1", tags=["dialer"], dependencies=[Depends(require_role(Role.ops))])
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+ABANDON_AFTER_MS = 2000
 Purpose = Literal["marketing", "informational", "healthcare", "emergency"]
 
 
@@ -404,6 +406,59 @@ async def list_attempts(
     rows = await session.scalars(select(Attempt).where(where).order_by(Attempt.id.desc()).limit(limit).offset(offset))
     items = [AttemptOut.model_validate(a, from_attributes=True) for a in rows]
     return Page[AttemptOut](items=items, total=total, limit=limit, offset=offset)
+
+
+class Progress(BaseModel):
+    contacts: dict[str, int]
+    attempts: dict[str, int]
+    answered_30d: int
+    abandoned_30d: int
+    abandonment_rate_30d: float | None = Field(
+        description="abandoned / answered; the legal limit for marketing is 0.03"
+    )
+
+
+@router.get("/campaigns/{campaign_id}/progress", response_model=Progress)
+async def campaign_progress(campaign_id: int, session: SessionDep) -> Progress:
+    """Contacts by status, attempts by disposition, and the 30-day abandonment rate: answered calls
+    where the agent did not speak within 2 s of the call's start (47 CFR 64.1200(a)(7))."""
+    await _campaign(session, campaign_id)
+    contacts: dict[str, int] = dict(
+        (await session.execute(
+            select(Contact.status, func.count()).where(Contact.campaign_id == campaign_id).group_by(Contact.status)
+        )).all()
+    )  # fmt: skip
+    attempts: dict[str, int] = dict(
+        (await session.execute(
+            select(func.coalesce(Attempt.disposition, Attempt.status), func.count())
+            .where(Attempt.campaign_id == campaign_id)
+            .group_by(func.coalesce(Attempt.disposition, Attempt.status))
+        )).all()
+    )  # fmt: skip
+    since = utcnow() - timedelta(days=30)
+    first_words = (
+        select(TranscriptSegment.call_id, func.min(TranscriptSegment.offset_ms).label("first_ms"))
+        .where(TranscriptSegment.speaker == "agent")
+        .group_by(TranscriptSegment.call_id)
+        .subquery()
+    )
+    answered = (
+        await session.execute(
+            select(Attempt.id, first_words.c.first_ms)
+            .join(Call, Call.call_sid == Attempt.call_sid, isouter=True)
+            .join(first_words, first_words.c.call_id == Call.id, isouter=True)
+            .where(Attempt.campaign_id == campaign_id, Attempt.disposition == "answered", Attempt.placed_at >= since)
+        )
+    ).all()
+    abandoned = sum(1 for _, first_ms in answered if first_ms is None or first_ms > ABANDON_AFTER_MS)
+    rate = abandoned / len(answered) if answered else None
+    return Progress(
+        contacts=contacts,
+        attempts=attempts,
+        answered_30d=len(answered),
+        abandoned_30d=abandoned,
+        abandonment_rate_30d=rate,
+    )
 
 
 # -- consent and do-not-call ----------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Pure: phonenumbers and zoneinfo carry their data with them. Candidate zones are the union of the
 package's exchange-level zones, the maintained area-code additions (rules.AREA_CODE_EXTRA_ZONES),
-and the contact's own time zone and address state; candidate states are the area code's state and
+and the contact's own time zone, address state and ZIP (zipcodes' bundled USPS data); candidate states are the area code's state and
 the contact's. Computed once per contact (at import), not per decision: parsing costs ~35 us.
 """
 
@@ -57,8 +57,22 @@ def _area_code_state(parsed: phonenumbers.PhoneNumber) -> str | None:
     return STATE_NAMES.get(description)
 
 
+@lru_cache(maxsize=1)
+def _zip_index() -> dict[str, tuple[str, str | None]]:
+    """ZIP -> (state, IANA zone), from the zipcodes package's bundled USPS data (loaded once)."""
+    import zipcodes
+
+    return {z["zip_code"]: (z["state"], z.get("timezone") or None) for z in zipcodes.list_all()}  # type: ignore[no-untyped-call]
+
+
+def zip_location(zip_code: str) -> tuple[str, str | None] | None:
+    return _zip_index().get(zip_code[:5])
+
+
 @lru_cache(maxsize=65536)
-def locate(number: str, *, state: str | None = None, timezone: str | None = None) -> Location:
+def locate(
+    number: str, *, state: str | None = None, timezone: str | None = None, zip_code: str | None = None
+) -> Location:
     try:
         parsed = phonenumbers.parse(number, "US")
     except phonenumbers.NumberParseException:
@@ -92,6 +106,18 @@ def locate(number: str, *, state: str | None = None, timezone: str | None = None
                 if z not in zones:
                     zones.append(z)
                     notes.append(f"contact state {code}: added {z}")
+    if zip_code:
+        found = zip_location(zip_code)
+        if found is None:
+            notes.append(f"ZIP {zip_code} unknown")
+        else:
+            zip_state, zip_zone = found
+            if zip_state in STATE_ZONES and zip_state not in states:
+                states.append(zip_state)
+                notes.append(f"ZIP {zip_code}: state {zip_state}")
+            if zip_zone and zip_zone in _known_zones() and zip_zone not in zones:
+                zones.append(zip_zone)
+                notes.append(f"ZIP {zip_code}: added {zip_zone}")
     if timezone and timezone in _known_zones() and timezone not in zones:
         zones.append(timezone)
         notes.append(f"contact time zone {timezone}")

@@ -145,7 +145,7 @@ def decision_record(
 
 def locate_rows(rows: Sequence[ContactRow]) -> dict[str, Location]:
     """Where each row's callee may be (CPU-bound: ~150 us a number; callers run it off the event loop)."""
-    return {row.phone: locate(row.phone, state=row.state, timezone=row.timezone) for row in rows}
+    return {row.phone: locate(row.phone, state=row.state, timezone=row.timezone, zip_code=row.zip) for row in rows}
 
 
 async def import_contacts(
@@ -182,7 +182,7 @@ async def import_contacts(
         }
         contact = existing.get(row.phone)
         if contact is None:
-            loc = where.get(row.phone) or locate(row.phone, state=row.state, timezone=row.timezone)
+            loc = where.get(row.phone) or locate(row.phone, state=row.state, timezone=row.timezone, zip_code=row.zip)
             session.add(
                 Contact(
                     campaign_id=campaign.id,
@@ -198,7 +198,7 @@ async def import_contacts(
         elif any(getattr(contact, k) != v for k, v in fields.items()):
             for k, v in fields.items():
                 setattr(contact, k, v)
-            loc = where.get(row.phone) or locate(row.phone, state=row.state, timezone=row.timezone)
+            loc = where.get(row.phone) or locate(row.phone, state=row.state, timezone=row.timezone, zip_code=row.zip)
             contact.location = location_to_dict(loc)
             updated += 1
         else:

@@ -94,12 +94,20 @@ class Dialer:
         """Mark up to the free concurrency of due contacts as ours, atomically across workers."""
         now = self.clock()
         async with self.rt.sessionmaker() as session, session.begin():
-            active = await session.scalar(
+            if self._postgres:
+                # One claimant per campaign at a time: the capacity count below is then not stale.
+                await session.execute(select(Campaign.id).where(Campaign.id == campaign.id).with_for_update())
+            calling = await session.scalar(
                 select(func.count())
                 .select_from(Attempt)
-                .where(Attempt.campaign_id == campaign.id, Attempt.status.in_(ACTIVE))
+                .where(Attempt.campaign_id == campaign.id, Attempt.status.in_(ACTIVE), Attempt.ended_at.is_(None))
             )
-            free = min(self.batch, campaign.concurrency - int(active or 0))
+            claimed = await session.scalar(
+                select(func.count())
+                .select_from(Contact)
+                .where(Contact.campaign_id == campaign.id, Contact.status == "dialing")
+            )
+            free = min(self.batch, campaign.concurrency - int(calling or 0) - int(claimed or 0))
             if free <= 0:
                 return []
             query = (

@@ -35,6 +35,7 @@ class Case:
     code: str
     defer_until: str | None = None  # UTC
     state: str | None = None
+    zip_code: str | None = None
     purpose: Purpose = Purpose.informational
     consent: Consent | None = Consent.written
     facts: dict[str, Any] = field(default_factory=dict)
@@ -327,6 +328,24 @@ CASES = [
         "2026-07-01T15:00:00",
         state="CA",
     ),
+    Case(
+        "ny-number-zip-in-san-francisco",
+        "+12125550123",
+        "2026-07-01T12:30:00",
+        D,
+        "window.federal",
+        "2026-07-01T15:00:00",
+        zip_code="94105",
+    ),
+    Case(
+        "tx-number-zip-in-florida-adds-fl-hours",
+        "+15125550123",
+        "2026-07-02T00:30:00",
+        D,
+        "window.state.FL",
+        "2026-07-02T14:00:00",
+        zip_code="33101",
+    ),
     # A campaign window may narrow the law, never widen it.
     Case(
         "campaign-narrows-to-10",
@@ -352,7 +371,9 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_decision(case: Case) -> None:
     now = utc(case.at)
-    contact = ContactFacts(locate(case.number, state=case.state), consent=case.consent, **case.facts)
+    contact = ContactFacts(
+        locate(case.number, state=case.state, zip_code=case.zip_code), consent=case.consent, **case.facts
+    )
     campaign = CampaignRules(case.purpose, "reminders", **case.campaign)
     history = [PastAttempt(now - timedelta(hours=h), subject, purpose) for h, subject, purpose in case.history]
     decision = decide(contact, campaign, now, history, Jurisdiction(emergencies=case.emergencies))

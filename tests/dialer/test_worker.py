@@ -187,3 +187,44 @@ async def test_a_fixed_clock_outside_the_window_places_nothing_and_defers_everyo
     assert {r.outcome for r in records} == {Outcome.defer.value}
     assert all(r.reasons[0]["code"] == "window.federal" for r in records)
     assert all(c.status == "pending" and c.next_attempt_at is not None and c.next_attempt_at > night for c in contacts)
+
+
+async def test_two_workers_never_exceed_a_small_concurrency_together(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    settings = make_settings(
+        tmp_path, realtime_url="ws://127.0.0.1:9/v1", redis_url=redis_url, database_url=postgres_url
+    )
+    rt_a, rt_b = build_runtime(settings), build_runtime(settings)
+    try:
+        campaign_id = await seed(rt_a, contacts=40, concurrency=3, cps=100)
+        clock = Clock(NOON_EAST)
+        workers = [Dialer(rt_a, clock=clock, batch=50), Dialer(rt_b, clock=clock, batch=50)]
+        peaks: list[int] = []
+        with respx.mock(assert_all_called=False) as mock:
+            mock.post(f"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json").respond(
+                201, json={"sid": "CA" + "0" * 32, "status": "queued"}
+            )
+            while True:
+                handled = await asyncio.gather(*(w.run_once() for w in workers))
+                async with rt_a.sessionmaker() as session:
+                    open_attempts = list(
+                        await session.scalars(
+                            select(Attempt).where(Attempt.campaign_id == campaign_id, Attempt.ended_at.is_(None))
+                        )
+                    )
+                    peaks.append(len(open_attempts))
+                    for attempt in open_attempts:
+                        await record_status(
+                            session, attempt=attempt, status="completed", answered_by=None, now=clock.now
+                        )
+                    await session.commit()
+                if sum(handled) == 0:
+                    break
+    finally:
+        for rt in (rt_a, rt_b):
+            await rt.redis.aclose()
+            await rt.engine.dispose()
+            await rt.twilio.aclose()
+    assert max(peaks) == 3  # both workers together, never more than the campaign allows
+    assert sum(peaks) == 40

@@ -61,6 +61,22 @@ class ToolFinished:
 
 
 @dataclass(slots=True)
+class WrapUp:
+    """A cost cap is near: the agent closes politely; the call ends after that, or at ``grace_ms``."""
+
+    instructions: str
+    reason: str
+    grace_ms: int
+
+
+@dataclass(slots=True)
+class HardStop:
+    """Past a cap and past the grace: hang up now."""
+
+    reason: str
+
+
+@dataclass(slots=True)
 class Tick:
     """Periodic clock tick so deadlines fire without a frame arriving."""
 
@@ -237,6 +253,8 @@ class CallBridge:
         self._end_call_id: str | None = None
         self._end_deadline_ms = 0
         self.ended = False
+        self.wrapping_up = False
+        self.agent_bytes_out = 0
 
         self._dispatch: dict[type, Callable[[Any, int], list[Command]]] = {
             MediaReceived: self._on_media,
@@ -262,6 +280,8 @@ class CallBridge:
             UpstreamLost: self._on_upstream_lost,
             ToolFinished: self._on_tool_finished,
             Tick: self._on_tick,
+            WrapUp: self._on_wrap_up,
+            HardStop: self._on_hard_stop,
         }
 
     # -- entry point ----------------------------------------------------------------------
@@ -418,6 +438,7 @@ class CallBridge:
         if len(buf) >= step:
             twilio = self._twilio
             n = len(buf) - len(buf) % step
+            self.agent_bytes_out += n
             for i in range(0, n, step):
                 chunk = bytes(buf[i : i + step])
                 out.append(SendToTwilio(twilio.media(chunk)))
@@ -427,6 +448,7 @@ class CallBridge:
 
     def _flush_agent_audio(self, out: list[Command]) -> None:
         if self._out_buf and self._out_item is not None and self._twilio is not None:
+            self.agent_bytes_out += len(self._out_buf)
             out.append(SendToTwilio(self._twilio.media(bytes(self._out_buf))))
             out.append(SendToTwilio(self._twilio.mark(self.playback.audio_sent(self._out_item, len(self._out_buf)))))
         self._out_buf.clear()
@@ -672,11 +694,33 @@ class CallBridge:
 
     # -- ending the call ------------------------------------------------------------------
 
-    def _schedule_end(self, action: HangUp | TransferCall, now_ms: int, call_id: str) -> None:
+    def _schedule_end(
+        self, action: HangUp | TransferCall, now_ms: int, call_id: str | None, grace_ms: int | None = None
+    ) -> None:
         if self._end_action is None and not self.ended:
             self._end_action = action
             self._end_call_id = call_id
-            self._end_deadline_ms = now_ms + self.config.end_action_grace_ms
+            self._end_deadline_ms = now_ms + (self.config.end_action_grace_ms if grace_ms is None else grace_ms)
+
+    def _on_wrap_up(self, ev: WrapUp, now_ms: int) -> list[Command]:
+        out: list[Command] = []
+        if self.ended or self.wrapping_up:
+            return out
+        self.wrapping_up = True
+        out.append(RecordCallEvent("wrap_up", {"reason": ev.reason}))
+        self._request_response(ev.instructions, out)
+        if isinstance(self._end_action, HangUp):
+            self._end_call_id = None  # an end_call goodbye in progress may no longer be cancelled by speech
+        # No tool call id: the caller speaking does not cancel this end. A pending transfer stays.
+        self._schedule_end(HangUp(ev.reason), now_ms, None, ev.grace_ms)
+        return out
+
+    def _on_hard_stop(self, ev: HardStop, now_ms: int) -> list[Command]:
+        if self.ended:
+            return []
+        self.ended = True
+        self._end_action = None
+        return [RecordCallEvent("call_ending", {"action": "HangUp", "reason": ev.reason}), HangUp(ev.reason)]
 
     def _cancel_hang_up(self, out: list[Command]) -> None:
         """The caller spoke before the goodbye finished: do not hang up on them."""

@@ -13,6 +13,7 @@ from app.core.bridge import (
     CallBridge,
     Command,
     HangUp,
+    HardStop,
     OptOut,
     RecordCallEvent,
     RunTool,
@@ -23,6 +24,7 @@ from app.core.bridge import (
     ToolFinished,
     TransferCall,
     UpstreamReady,
+    WrapUp,
     cut_transcript,
 )
 from app.core.tools import BUILTIN_TOOLS, greeting_instructions
@@ -367,3 +369,33 @@ def test_the_opt_out_key_revokes_and_other_keys_do_not() -> None:
     start_session(bridge)
     assert of(bridge.handle(DtmfReceived("3"), 10), OptOut) == []
     assert [c.source for c in of(bridge.handle(DtmfReceived("9"), 20), OptOut)] == ["dtmf"]
+
+
+def test_a_wrap_up_asks_for_a_closing_line_then_hangs_up_even_if_the_caller_talks() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    cmds = bridge.handle(WrapUp("Close the call politely now.", "per-call cap", 5000), 10)
+    assert [e["type"] for e in realtime(cmds)] == ["response.create"]
+    assert realtime(cmds)[0]["response"]["instructions"] == "Close the call politely now."
+    bridge.handle(rt.ResponseCreated("resp_bye"), 11)
+    msgs = twilio(deliver_audio(bridge, "resp_bye", "item_bye", 320, 12))
+    assert of(bridge.handle(rt.SpeechStarted(0, "u1"), 13), HangUp) == []  # barge-in cuts the line...
+    done = bridge.handle(rt.ResponseDone("resp_bye", "cancelled"), 14)
+    done += [c for m in msgs if m["event"] == "mark" for c in bridge.handle(MarkAcknowledged(m["mark"]["name"]), 20)]
+    assert [h.reason for h in of(done, HangUp)] == ["per-call cap"]  # ...but the budget still ends the call
+
+
+def test_a_wrap_up_hangs_up_at_its_grace_when_no_line_comes() -> None:
+    bridge = make_bridge()
+    start_session(bridge)  # a response is in flight and never finishes
+    bridge.handle(WrapUp("Close now.", "per-day cap", 3000), 100)
+    assert of(bridge.handle(Tick(), 3000), HangUp) == []
+    assert len(of(bridge.handle(Tick(), 3100), HangUp)) == 1
+
+
+def test_a_hard_stop_hangs_up_at_once_and_only_once() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    assert [h.reason for h in of(bridge.handle(HardStop("runaway"), 10), HangUp)] == ["runaway"]
+    assert bridge.handle(HardStop("again"), 20) == []

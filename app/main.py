@@ -17,6 +17,9 @@ from app.adapters.call_store import CallStore
 from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
 from app.archive.router import router as calls_router
+from app.budget.ledger import BudgetLedger
+from app.budget.router import router as budget_router
+from app.budget.service import Budget, load_prices
 from app.calls.live import TakeoverListener
 from app.calls.media import router as media_router
 from app.calls.sweeper import run_sweeper
@@ -45,15 +48,20 @@ def build_runtime(settings: Settings, *, tools: ToolRegistry | None = None) -> R
         load_tool_modules(tools, settings.tool_modules)
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "no-key"
     call_store = CallStore(redis)
+    engine_sessions = make_sessionmaker(engine)
+    budget = Budget(
+        settings=settings, ledger=BudgetLedger(redis), sessionmaker=engine_sessions, prices=load_prices(settings)
+    )
     return Runtime(
         settings=settings,
         metrics=Metrics(),
         engine=engine,
-        sessionmaker=make_sessionmaker(engine),
+        sessionmaker=engine_sessions,
         redis=redis,
         call_store=call_store,
         takeovers=TakeoverListener(call_store),
         twilio_signatures=RequestValidator(settings.twilio_auth_token.get_secret_value()),
+        budget=budget,
         jurisdiction=Jurisdiction(emergencies=frozenset(s.upper() for s in settings.declared_emergency_states)),
         realtime=RealtimeConnector(
             api_key=api_key, websocket_base_url=settings.openai_realtime_url, model=settings.openai_realtime_model
@@ -129,6 +137,7 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
     app.include_router(media_router)
     app.include_router(calls_router)
     app.include_router(dialer_router)
+    app.include_router(budget_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

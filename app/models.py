@@ -6,4 +6,5 @@ from __future__ import annotations
 def import_all_models() -> None:
     import app.archive.models
     import app.auth.models
+    import app.budget.models
     import app.dialer.models  # noqa: F401

@@ -15,6 +15,7 @@ from twilio.request_validator import RequestValidator
 from app.adapters.call_store import CallStore
 from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
+from app.budget.service import Budget
 from app.calls.live import TakeoverListener
 from app.calls.tools import ToolRegistry
 from app.core.bridge import BridgeConfig
@@ -40,6 +41,7 @@ class Runtime:
     takeovers: TakeoverListener
     twilio_signatures: RequestValidator
     jurisdiction: Jurisdiction
+    budget: Budget
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}")
 
 

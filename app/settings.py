@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     declared_emergency_states: list[str] = Field(default_factory=list)  # e.g. ["LA"]: no calls there
     dialer_in_process: bool | None = None  # None: run the dialer inside serve on embedded defaults (SQLite)
 
+    # Budget (USD; unset: no cap). Caps set over the API override these.
+    budget_per_call_usd: float | None = None
+    budget_per_day_usd: float | None = None
+    budget_timezone: str = "America/New_York"  # the operator's day for daily caps
+    budget_alert_webhook: str | None = None
+    budget_runaway_margin: float = 0.1  # past a cap by this fraction, a call is cut without waiting
+    price_table_file: Path | None = None  # JSON overriding the built-in 2026 list prices
+
     # Resilience
     lease_ttl_s: float = 6.0
     lease_renew_s: float = 2.0
@@ -82,7 +90,16 @@ class Settings(BaseSettings):
             raise ValueError("PUBLIC_BASE_URL must be an absolute http(s) URL")
         return v.rstrip("/")
 
-    @field_validator("transfer_number", "redis_url", "database_url", mode="before")
+    @field_validator(
+        "transfer_number",
+        "redis_url",
+        "database_url",
+        "budget_alert_webhook",
+        "budget_per_call_usd",
+        "budget_per_day_usd",
+        "price_table_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v

@@ -24,6 +24,8 @@ from websockets.exceptions import ConnectionClosed
 from app.adapters.openai_realtime import RealtimeUpstream
 from app.adapters.twilio_rest import TwilioError
 from app.archive.service import CallEventRecord
+from app.budget.policy import Action, CapVerdict
+from app.budget.service import WRAP_UP_INSTRUCTIONS
 from app.calls.archiving import archive_live_call, event_to_dict
 from app.calls.live import LiveState, line_from_dict
 from app.calls.outbound import campaign_bridge_config
@@ -34,6 +36,7 @@ from app.core.bridge import (
     CallBridge,
     Command,
     HangUp,
+    HardStop,
     OptOut,
     RecordCallEvent,
     RunTool,
@@ -45,6 +48,7 @@ from app.core.bridge import (
     TransferCall,
     UpstreamLost,
     UpstreamReady,
+    WrapUp,
 )
 from app.core.realtime_events import RealtimeError, RealtimeEventError, parse_server_event
 from app.core.stream_token import RESUME, StreamTokenError, verify_stream_token
@@ -122,6 +126,8 @@ class CallSession:
         self._close_reason = "call ended"
         self._upstream_opened_at = 0.0
         self._meta: dict[str, Any] = {}
+        self._metered_frames = 0
+        self._metered_bytes_out = 0
         self._transcripts_settled = asyncio.Event()
         self._taken_over = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -255,6 +261,13 @@ class CallSession:
             started_at_ms=self.now_ms() - max(0, wall_ms - started_ms),
             history=lines,
             greeted=bool(meta.get("greeted")),
+        )
+        campaign_id = meta.get("campaign_id")
+        self.meter = rt.budget.meter(
+            call_sid=start.call_sid,
+            campaign_id=int(campaign_id) if campaign_id else None,
+            direction=direction,
+            model=rt.settings.openai_realtime_model,
         )
         rt.metrics.calls_started.labels(direction).inc()
         if resumed:
@@ -497,6 +510,7 @@ class CallSession:
                 self.live.meta({"greeted": True})
             if ticks % renew_every == 0:
                 await self._renew_lease()
+            await self._meter_tick()
             self._maybe_roll_over()
 
     # -- commands ----------------------------------------------------------------------------
@@ -533,6 +547,60 @@ class CallSession:
         self._event(command.kind, command.detail)
         if command.kind == "barge_in":
             self.rt.metrics.barge_ins.inc()
+        elif command.kind in ("response_usage", "transcription_usage"):
+            kind = "response" if command.kind == "response_usage" else "transcription"
+            self._spawn(self._meter_usage(kind, command.detail.get("usage") or {}), "meter")
+
+    async def _meter_usage(self, kind: str, usage: dict[str, Any]) -> None:
+        try:
+            cost = await self.meter.usage(kind, usage, datetime.now(UTC))
+        except (RedisError, OSError) as exc:
+            log.warning("budget.meter_unavailable", error=repr(exc))
+            return
+        self._event(
+            "cost", {"kind": cost.kind, "micros": cost.micros, "detail": cost.detail, "prices": cost.price_version}
+        )
+        await self._enforce()
+
+    async def _meter_tick(self) -> None:
+        """Every tick: estimate the audio streamed since, bill telephony minutes, enforce the caps.
+
+        OpenAI sends speech faster than real time, so a long turn is metered as it streams."""
+        bridge = self.bridge
+        now = datetime.now(UTC)
+        seconds_in = (bridge.frames_in - self._metered_frames) * 0.02
+        seconds_out = (bridge.agent_bytes_out - self._metered_bytes_out) / 8000
+        self._metered_frames, self._metered_bytes_out = bridge.frames_in, bridge.agent_bytes_out
+        try:
+            await self.meter.estimate(seconds_in, seconds_out, now)
+            await self.meter.telephony((self.now_ms() - bridge.started_at_ms) / 1000, now)
+        except (RedisError, OSError) as exc:
+            log.warning("budget.meter_unavailable", error=repr(exc))
+            return
+        await self._enforce()
+
+    async def _enforce(self) -> None:
+        bridge = self.bridge
+        try:
+            verdict = await self.meter.verdict(self._loop.time())
+        except (RedisError, OSError) as exc:
+            log.warning("budget.meter_unavailable", error=repr(exc))
+            return
+        if verdict.action is Action.wrap_up and self.meter.wrap_up_started_s is None and not bridge.ended:
+            self.meter.wrap_up_started_s = self._loop.time()
+            grace_ms = int(self.rt.budget.hard_stop_grace_s * 1000)
+            await self._execute(bridge.handle(WrapUp(WRAP_UP_INSTRUCTIONS, verdict.reason, grace_ms), self.now_ms()))
+            await self._enforced("wrap_up", verdict)
+        elif verdict.action is Action.hard_stop and not bridge.ended:
+            await self._execute(bridge.handle(HardStop(verdict.reason), self.now_ms()))
+            await self._enforced("hard_stop", verdict)
+
+    async def _enforced(self, action: str, verdict: CapVerdict) -> None:
+        self._event(f"budget_{action}", {"cap": verdict.cap, "spent_micros": verdict.spent, "limit_micros": verdict.limit,
+                                         "reason": verdict.reason})  # fmt: skip
+        await self.rt.budget.record(
+            action, verdict, now=datetime.now(UTC), call_sid=self.start.call_sid, campaign_id=self.meter.campaign_id
+        )
 
     def _event(self, kind: str, detail: dict[str, Any]) -> None:
         bridge = getattr(self, "bridge", None)

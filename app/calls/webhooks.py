@@ -12,6 +12,7 @@ from starlette.datastructures import FormData
 
 from app.adapters.twilio_rest import TwilioError
 from app.archive.service import record_call_event
+from app.budget.policy import Action
 from app.core import twiml
 from app.core.stream_token import RESUME, STREAM, issue_stream_token
 from app.dialer import outcomes
@@ -23,6 +24,7 @@ router = APIRouter(prefix="/twilio", tags=["twilio"])
 log = structlog.get_logger()
 
 TWIML = "application/xml"
+BUDGET_MESSAGE = "Thank you for calling. Our automated assistant is not available right now."
 APOLOGY = "We're sorry, we could not continue this call. Please call back in a moment. Goodbye."
 HANDOFF_APOLOGY = "We're sorry, we are having technical trouble. Let me connect you with a colleague."
 
@@ -77,6 +79,18 @@ async def voice(request: Request) -> Response:
     if not call_sid.startswith("CA"):
         raise ProblemError(400, "Missing CallSid", "The webhook carried no CallSid.")
     direction = "inbound" if _field(form, "Direction") in ("", "inbound") else "outbound"
+    try:
+        verdict = await rt.budget.admit(now=datetime.now(UTC), call_sid=call_sid)
+    except (RedisError, OSError) as exc:  # the ledger is away: take the call (callers first), say so
+        log.warning("budget.unavailable", call_sid=call_sid, error=repr(exc))
+        verdict = None
+    if verdict is not None and verdict.action is not Action.ok:
+        # The day's budget is spent: a polite message, then a person or goodbye; no Realtime session.
+        number = rt.settings.transfer_number
+        doc = (
+            twiml.apologise_and_dial(BUDGET_MESSAGE, number) if number else twiml.apologise_and_hang_up(BUDGET_MESSAGE)
+        )
+        return Response(doc, media_type=TWIML)
     await rt.call_store.put_meta(
         call_sid,
         {

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adapters.twilio_rest import TwilioError
+from app.budget.policy import Action
 from app.dialer import service
 from app.dialer.models import Attempt, Campaign, Contact
 from app.dialer.policy import Outcome
@@ -78,11 +79,31 @@ class Dialer:
     async def run_once(self) -> int:
         """One pass over running campaigns; returns how many contacts were decided."""
         async with self.rt.sessionmaker() as session:
-            campaigns = list(await session.scalars(select(Campaign).where(Campaign.status == "running")))
+            campaigns = list(
+                await session.scalars(select(Campaign).where(Campaign.status.in_(("running", "paused_budget"))))
+            )
         handled = 0
         for campaign in campaigns:
-            handled += await self._campaign_pass(campaign)
+            if await self._within_budget(campaign):
+                handled += await self._campaign_pass(campaign)
         return handled
+
+    async def _within_budget(self, campaign: Campaign) -> bool:
+        """Pause a campaign whose day (or campaign day) budget is spent; resume it when a new day opens."""
+        now = self.clock()
+        verdict = await self.rt.budget.open_for(now=now, campaign_id=campaign.id)
+        spent = verdict.action is not Action.ok
+        if spent == (campaign.status == "paused_budget"):
+            return not spent
+        status, action = ("paused_budget", "pause_campaign") if spent else ("running", "resume_campaign")
+        async with self.rt.sessionmaker() as session:
+            await session.execute(
+                update(Campaign).where(Campaign.id == campaign.id).values(status=status, updated_at=now)
+            )
+            await session.commit()
+        campaign.status = status
+        await self.rt.budget.record(action, verdict, now=now, campaign_id=campaign.id)
+        return not spent
 
     async def _campaign_pass(self, campaign: Campaign) -> int:
         claimed = await self._claim(campaign)

@@ -76,6 +76,7 @@ START_TIMEOUT_S = 10.0
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0
 TICK_S = 0.25
 TRANSCRIPT_WAIT_S = 1.5
+PUMP_STOP_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5.0
 BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0)
 
@@ -316,10 +317,13 @@ class CallSession:
             self._ending = True
             for task in pumps:
                 task.cancel()
-            results = await asyncio.gather(*pumps, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+            # Bounded: a pump stuck in a library that swallowed its cancellation must not hold the call.
+            finished, stuck = await asyncio.wait(pumps, timeout=PUMP_STOP_TIMEOUT_S)
+            if stuck:
+                log.warning("call.pumps_stuck", pumps=[t.get_name() for t in stuck])
+        for task in finished:
+            if not task.cancelled() and isinstance(task.exception(), Exception):
+                raise task.exception()  # type: ignore[misc]
 
     async def _twilio_pump(self) -> None:
         bridge = self.bridge
@@ -499,7 +503,7 @@ class CallSession:
         renew_every = max(1, int(self.rt.settings.lease_renew_s / TICK_S))
         ticks = 0
         greeted = bridge.greeted
-        while True:
+        while not self._ending:  # a cancellation swallowed by a client library must not keep it alive
             await asyncio.sleep(TICK_S)
             ticks += 1
             commands = bridge.handle(Tick(), self.now_ms())
@@ -510,7 +514,10 @@ class CallSession:
                 self.live.meta({"greeted": True})
             if ticks % renew_every == 0:
                 await self._renew_lease()
-            await self._meter_tick()
+            try:
+                await self._meter_tick()
+            except Exception:
+                log.exception("budget.meter_failed")
             self._maybe_roll_over()
 
     # -- commands ----------------------------------------------------------------------------

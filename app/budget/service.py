@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -209,7 +210,7 @@ class CallMeter:
             call_sid=self.call_sid, day=self.budget.today(now), campaign_id=self.campaign_id, micros=cost.micros
         )
         self.last = totals
-        caps = await self.budget.caps_for(self.campaign_id)
+        caps = await self.caps(time.monotonic())  # the loop's clock: shares the cache with verdict()
         await self.budget.alerts(before, totals, caps, now=now, call_sid=self.call_sid, campaign_id=self.campaign_id)
         return totals
 

@@ -9,9 +9,9 @@ Everything runs in this process, on one event loop, over loopback sockets: the R
 (``RealtimeEmulator(EmulatorConfig(tts="synthetic", ...))``), the server (``app.main.create_app`` under
 uvicorn on a pre-bound socket, SQLite in a temp dir, Redis from ``--redis-url`` or the in-process stand-in)
 and the callers (``app.simulator.simulate_call``). Per scenario, ``--calls`` calls run one after another;
-each caller waits for the greeting and says 3 short utterances. Once the emulator has sent the greeting's
-``response.done`` (``--fault-at greeting``), or once it has heard the caller start the first utterance
-(``--fault-at speech``), the fault is injected on that call's emulator session:
+each caller waits for the greeting and says 3 short utterances. At the moment ``--fault-at`` picks (below;
+by default once the emulator has sent the greeting's ``response.done``), the fault is injected on that call's
+emulator session:
 
   drop-1006        ``session.drop(1006)``: TCP aborted, no close frame
   drop-1011        ``session.drop(1011)``: close frame 1011
@@ -50,6 +50,7 @@ import json
 import logging
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -874,6 +875,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
     capture = LogCapture()
     configure_logs(capture)
+    # SIGTERM/SIGINT unwind like an error, so a private redis-server and the temp dir do not outlive the run.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as workdir:
         for scenario in args.scenarios:
@@ -898,7 +904,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"redis: {redis}; database: SQLite in a temp dir; fault at: {args.fault_at}; git {git_revision()}", flush=True
     )
     started = time.monotonic()
-    results = asyncio.run(amain(args))
+    try:
+        results = asyncio.run(amain(args))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
     wall = time.monotonic() - started
     for result in results:
         print_scenario(result)

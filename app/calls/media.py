@@ -493,6 +493,21 @@ class CallSession:
                 ttl_ms=int(self.rt.settings.lease_ttl_s * 1000),
                 now_ms=int(time.time() * 1000),
             )
+            if not ok:
+                holder = await self.rt.call_store.lease_holder(self.start.call_sid)
+                if holder is None:
+                    # The lease lapsed (Redis was away longer than its TTL), nobody took it: claim it again.
+                    epoch, _ = await self.rt.call_store.acquire_lease(
+                        self.start.call_sid,
+                        node=self.rt.node_id,
+                        ttl_ms=int(self.rt.settings.lease_ttl_s * 1000),
+                        now_ms=int(time.time() * 1000),
+                        takeover=False,
+                    )
+                    if epoch:
+                        self._epoch, self._holder = epoch, f"{self.rt.node_id}:{epoch}"
+                        self._event("lease_reclaimed", {"epoch": epoch})
+                        return
         except (RedisError, OSError):
             return  # Redis away: keep driving; the lease is renewed when it is back
         if not ok:

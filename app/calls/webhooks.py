@@ -91,16 +91,19 @@ async def voice(request: Request) -> Response:
             twiml.apologise_and_dial(BUDGET_MESSAGE, number) if number else twiml.apologise_and_hang_up(BUDGET_MESSAGE)
         )
         return Response(doc, media_type=TWIML)
-    await rt.call_store.put_meta(
-        call_sid,
-        {
-            "call_sid": call_sid,
-            "direction": direction,
-            "from": _field(form, "From"),
-            "to": _field(form, "To"),
-            "webhook_at": datetime.now(UTC).isoformat(),
-        },
-    )
+    try:
+        await rt.call_store.put_meta(
+            call_sid,
+            {
+                "call_sid": call_sid,
+                "direction": direction,
+                "from": _field(form, "From"),
+                "to": _field(form, "To"),
+                "webhook_at": datetime.now(UTC).isoformat(),
+            },
+        )
+    except (RedisError, OSError) as exc:  # live state away: the stream still admits the call
+        log.warning("call.live_state_unavailable", call_sid=call_sid, error=repr(exc))
     log.info("call.webhook", call_sid=call_sid, direction=direction)
     return Response(stream_twiml(rt, call_sid=call_sid, direction=direction), media_type=TWIML)
 

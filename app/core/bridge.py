@@ -367,7 +367,7 @@ class CallBridge:
             out.append(SendToRealtime(rt.history_item("user" if line.speaker == "caller" else "assistant", line.text)))
         if not self.greeted:
             self._request_response(self.config.greeting_instructions, out)
-        elif recent and recent[-1].speaker == "caller" and not self._held_audio:
+        elif recent and recent[-1].speaker == "caller":
             self._request_response(None, out)  # the caller spoke last and is waiting for an answer
         if self._held_audio:
             out.append(RecordCallEvent("caller_audio_replayed", {"frames": len(self._held_audio)}))

@@ -23,6 +23,7 @@ from app.core.bridge import (
     Tick,
     ToolFinished,
     TransferCall,
+    UpstreamLost,
     UpstreamReady,
     WrapUp,
     cut_transcript,
@@ -399,3 +400,15 @@ def test_a_hard_stop_hangs_up_at_once_and_only_once() -> None:
     start_session(bridge)
     assert [h.reason for h in of(bridge.handle(HardStop("runaway"), 10), HangUp)] == ["runaway"]
     assert bridge.handle(HardStop("again"), 20) == []
+
+
+def test_after_a_loss_a_question_already_transcribed_is_answered_by_the_new_session() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    bridge.handle(MediaReceived(b"\xff" * 160), 10)  # audio in flight: the loss re-sends it
+    bridge.handle(rt.SpeechStarted(0, "u1"), 20)
+    bridge.handle(rt.InputTranscribed("u1", "Is Tuesday free?"), 30)
+    bridge.handle(UpstreamLost("closed 1006"), 40)
+    sent = [e["type"] for e in realtime(bridge.handle(UpstreamReady(), 50))]
+    assert "response.create" in sent and sent.index("response.create") < sent.index("input_audio_buffer.append")

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import audioop
 import base64
+import os
 import re
 import socket
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +71,19 @@ async def serve(settings: Settings, *, tools: ToolRegistry | None = None) -> Asy
 
     The socket is listening before uvicorn starts, so clients may connect at once: the kernel
     queues them until uvicorn accepts (no readiness polling)."""
+    async with serve_asgi(create_app(settings, tools=tools)) as base:
+        yield base
+
+
+@asynccontextmanager
+async def serve_asgi(app: Any) -> AsyncIterator[str]:
+    """Any ASGI app under uvicorn on a pre-bound loopback socket; yields its http base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(256)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings, tools=tools), log_level="warning", lifespan="on", ws_max_size=4 * 1024 * 1024
-    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_max_size=4 * 1024 * 1024)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -83,6 +91,42 @@ async def serve(settings: Settings, *, tools: ToolRegistry | None = None) -> Asy
     finally:
         server.should_exit = True
         await task
+        sock.close()
+
+
+@contextmanager
+def server_process(
+    settings: Settings, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``switchboard serve`` in its own process on a socket this test already listens on, so
+    requests queue in the kernel until the server accepts them (no readiness polling)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    env = {
+        **os.environ,
+        "PUBLIC_BASE_URL": PUBLIC_BASE,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_REALTIME_URL": settings.openai_realtime_url,
+        "REDIS_URL": settings.redis_url or "",
+        "DATABASE_URL": settings.effective_database_url,
+        "BUSINESS_NAME": settings.business_name,
+        "LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from app.cli import main; main()", "serve", "--fd", str(sock.fileno())],
+        env=env,
+        pass_fds=(sock.fileno(),),
+    )
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
         sock.close()
 
 
@@ -96,7 +140,8 @@ def call_sid(n: int) -> str:
 
 async def post_webhook(base: str, path: str, params: dict[str, str], *, signature: str | None = None) -> httpx.Response:
     sig = signature if signature is not None else sign(PUBLIC_BASE + path, params)
-    async with httpx.AsyncClient(base_url=base) as client:
+    # A server process just started may take seconds to import and accept on a loaded machine.
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         return await client.post(path, data=params, headers={"X-Twilio-Signature": sig})
 
 

@@ -1,8 +1,10 @@
 """Spend counters in Redis, shared by every node, updated atomically; caps; alerts once per threshold.
 
 Keys (µ$ integers): ``{prefix}:spend:day:{YYYY-MM-DD}``, ``{prefix}:spend:campaign:{id}:{day}``,
-``{prefix}:spend:call:{sid}``. One Lua script increments all of a charge's counters together, so N
-nodes charging at once cannot exceed a cap by more than their own in-flight increments.
+``{prefix}:spend:call:{sid}``; the day's closing reserves under ``{prefix}:spend:reserve:{day}``. One
+Lua script increments all of a charge's counters together and settles the charging call's reserve, so
+N nodes charging at once cannot take the day past its cap by more than one call's overrun, and that
+call is stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,19 @@ from redis.asyncio import Redis
 DAY_TTL_S = 4 * 24 * 3600
 CALL_TTL_S = 2 * 24 * 3600
 
-# KEYS: call, day, campaign-day (may be ""); ARGV: amount, call ttl, day ttl
+# A live call that has not charged for this long has gone (its node died): its reserve is released.
+RESERVE_STALE_MS = 30_000
+
+# KEYS: call, day, campaign-day (may be ""), day reserves (hash sid -> µ$), day reserve touches (zset
+# sid -> ms), day reserved total.
+# ARGV: amount, call ttl, day ttl, call sid, wanted reserve (-1: keep what is held), day cap (-1: none),
+# stale ms.
+# Returns {call, day, campaign-day, reserved total, reserve held for this call, overrun}.
+#
+# The day's cap is a pool: every live call holds a closing reserve out of it. A charge first comes out
+# of the free pool; once that is empty, out of the charging call's own reserve, which shrinks (the call
+# is told to close); past its reserve the excess is its overrun (the call is stopped at once). So
+# day + reserved <= cap holds after every charge except by an overrun, and an overrun stops its call.
 _CHARGE = """
 local amount = tonumber(ARGV[1])
 local call = redis.call('INCRBY', KEYS[1], amount)
@@ -29,7 +43,55 @@ if KEYS[3] ~= '' then
   campaign = redis.call('INCRBY', KEYS[3], amount)
   redis.call('EXPIRE', KEYS[3], ARGV[3])
 end
-return {call, day, campaign}
+local cap = tonumber(ARGV[6])
+if cap < 0 then
+  return {call, day, campaign, 0, 0, 0}
+end
+local sid = ARGV[4]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local total = tonumber(redis.call('GET', KEYS[6]) or '0')
+local stale = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[7]), 'LIMIT', 0, 16)
+for _, other in ipairs(stale) do
+  if other ~= sid then
+    total = total - tonumber(redis.call('HGET', KEYS[4], other) or '0')
+    redis.call('HDEL', KEYS[4], other)
+    redis.call('ZREM', KEYS[5], other)
+  end
+end
+local held = tonumber(redis.call('HGET', KEYS[4], sid) or '0')
+local want = tonumber(ARGV[5])
+if want < 0 then
+  want = held
+end
+local others = total - held
+local keep = cap - day - others
+if keep > want then
+  keep = want
+end
+local overrun = 0
+if keep < 0 then
+  overrun = -keep
+  keep = 0
+end
+total = others + keep
+redis.call('SET', KEYS[6], total, 'EX', ARGV[3])
+redis.call('HSET', KEYS[4], sid, keep)
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[5], now, sid)
+redis.call('EXPIRE', KEYS[5], ARGV[3])
+return {call, day, campaign, total, keep, overrun}
+"""
+
+# KEYS: day reserves, day reserve touches, day reserved total; ARGV: call sid
+_RELEASE = """
+local held = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if held ~= 0 then
+  redis.call('DECRBY', KEYS[3], held)
+end
+return held
 """
 
 
@@ -38,6 +100,9 @@ class Totals:
     call: int
     day: int
     campaign_day: int
+    day_reserved: int = 0  # what every live call holds for its closing line, together
+    reserve_left: int | None = None  # what is held for this call (None: no day cap, nothing held)
+    overrun: int = 0  # spent past its reserve with the pool empty
 
 
 class BudgetLedger:
@@ -45,6 +110,7 @@ class BudgetLedger:
         self.redis = redis
         self.prefix = prefix
         self._charge = redis.register_script(_CHARGE)
+        self._release = redis.register_script(_RELEASE)
 
     def _day_key(self, day: date) -> str:
         return f"{self.prefix}:spend:day:{day.isoformat()}"
@@ -55,14 +121,52 @@ class BudgetLedger:
     def _call_key(self, call_sid: str) -> str:
         return f"{self.prefix}:spend:call:{call_sid}"
 
-    async def charge(self, *, call_sid: str, day: date, campaign_id: int | None, micros: int) -> Totals:
+    def _reserve_keys(self, day: date) -> list[str]:
+        base = f"{self.prefix}:spend:reserve:{day.isoformat()}"
+        return [base, f"{base}:touched", f"{base}:total"]
+
+    async def charge(
+        self,
+        *,
+        call_sid: str,
+        day: date,
+        campaign_id: int | None,
+        micros: int,
+        day_cap: int | None = None,
+        reserve: int | None = None,
+    ) -> Totals:
+        """Add ``micros`` to the call's, the day's and the campaign-day's spend, in one step.
+
+        With a ``day_cap``, the call also holds a closing reserve in the day's pool: ``reserve`` is
+        what it wants held (``None``: keep what it holds, as a call that is closing does), and the
+        result says what it got (``reserve_left``) and any ``overrun``.
+        """
         keys = [
             self._call_key(call_sid),
             self._day_key(day),
             self._campaign_key(campaign_id, day) if campaign_id is not None else "",
+            *self._reserve_keys(day),
         ]
-        call, day_total, campaign = await self._charge(keys=keys, args=[micros, CALL_TTL_S, DAY_TTL_S])
-        return Totals(int(call), int(day_total), int(campaign))
+        args: list[int | str] = [
+            micros, CALL_TTL_S, DAY_TTL_S, call_sid,
+            -1 if reserve is None else reserve, -1 if day_cap is None else day_cap, RESERVE_STALE_MS,
+        ]  # fmt: skip
+        call, day_total, campaign, reserved, held, overrun = await self._charge(keys=keys, args=args)
+        return Totals(
+            int(call),
+            int(day_total),
+            int(campaign),
+            day_reserved=int(reserved),
+            reserve_left=None if day_cap is None else int(held),
+            overrun=int(overrun),
+        )
+
+    async def release(self, *, call_sid: str, day: date) -> int:
+        """The call has ended: what it held for its closing line goes back to the day's pool."""
+        return int(await self._release(keys=self._reserve_keys(day), args=[call_sid]))
+
+    async def day_reserved(self, day: date) -> int:
+        return int(await self.redis.get(self._reserve_keys(day)[2]) or 0)
 
     async def day_total(self, day: date) -> int:
         return int(await self.redis.get(self._day_key(day)) or 0)

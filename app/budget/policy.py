@@ -37,9 +37,21 @@ class Caps:
 
 @dataclass(frozen=True, slots=True)
 class Spend:
+    """What a call, its day and its campaign's day have spent, and where the call stands in the day's pool.
+
+    The daily cap is a pool shared by the calls in progress: each holds a *closing reserve* out of it,
+    enough for a polite closing line, so that when the pool runs dry every call can still close without
+    the day passing its cap. ``closing_reserve`` is what this call wants held, ``reserve_left`` what the
+    ledger holds for it now (``None``: as if no other call were live), ``overrun`` what it spent past its
+    reserve once the pool was empty (it must stop: anything more eats other calls' reserves).
+    """
+
     call: int
     day: int
     campaign_day: int = 0
+    closing_reserve: int = 0
+    reserve_left: int | None = None
+    overrun: int = 0
 
 
 class Action(StrEnum):
@@ -100,7 +112,12 @@ def _nearest_ok(limits: list[tuple[str, int, int]]) -> CapVerdict:
 def check_call(spend: Spend, caps: Caps, *, wrap_up_started_s: float | None, now_s: float) -> CapVerdict:
     """What a live call should do now, given what it, the day and its campaign's day have spent.
 
-    Per cap: ``ok`` below ``wrap_up_at`` of it; ``wrap_up`` from there (the agent is asked to close);
+    The per-day cap is a pool (see :class:`Spend`): ``wrap_up`` once what is left of the day only covers
+    the closing reserves of the calls in progress (this call no longer gets its whole reserve), or the
+    day reached its cap; ``hard_stop`` at once when the call overran its reserve or the day passed its
+    cap, since every call was given its closing line's worth before that.
+
+    Per-call and per-campaign-day caps: ``ok`` below ``wrap_up_at`` of it; ``wrap_up`` from there (the agent is asked to close);
     ``hard_stop`` once the cap is reached (at or over 100%) and wrap-up began at least
     ``hard_stop_grace_s`` ago, or at once past 110% of the cap (a runaway). Reaching the cap before
     wrap-up began still yields ``wrap_up``: the caller starts wrap-up and the grace period from there.
@@ -116,7 +133,12 @@ def check_call(spend: Spend, caps: Caps, *, wrap_up_started_s: float | None, now
     best: tuple[int, Fraction, CapVerdict] | None = None
     for name, spent, limit in limits:
         figures = _figures(spent, limit, name)
-        if spent > runaway_at * limit:
+        if name == "per_day":
+            day_verdict = _day_verdict(spend, limit, figures)
+            if day_verdict is None:
+                continue
+            verdict = day_verdict
+        elif spent > runaway_at * limit:
             verdict = CapVerdict(
                 Action.hard_stop, name, spent, limit, f"hard stop: {figures}, over the 10% runaway margin"
             )
@@ -136,19 +158,62 @@ def check_call(spend: Spend, caps: Caps, *, wrap_up_started_s: float | None, now
     return best[2] if best is not None else _nearest_ok(limits)
 
 
-def admit_call(day_spent: int, caps: Caps, *, campaign_day_spent: int | None = None) -> CapVerdict:
+def _day_verdict(spend: Spend, limit: int, figures: str) -> CapVerdict | None:
+    held = spend.reserve_left
+    if held is None:
+        held = max(0, min(spend.closing_reserve, limit - spend.day))
+    if spend.overrun > 0:
+        reason = f"hard stop: {figures}, {dollars(spend.overrun)} past this call's closing reserve"
+        return CapVerdict(Action.hard_stop, "per_day", spend.day, limit, reason)
+    if spend.day > limit:
+        return CapVerdict(Action.hard_stop, "per_day", spend.day, limit, f"hard stop: {figures}, over the cap")
+    if spend.day >= limit or held < spend.closing_reserve:
+        reason = f"wrap up: {figures}, what is left only covers the closing lines of calls in progress"
+        return CapVerdict(Action.wrap_up, "per_day", spend.day, limit, reason)
+    return None
+
+
+def admit_call(
+    day_spent: int,
+    caps: Caps,
+    *,
+    campaign_day_spent: int | None = None,
+    day_reserved: int = 0,
+    closing_reserve: int = 0,
+) -> CapVerdict:
     """May a NEW call start? ``hard_stop`` (refuse) when the day, or the campaign's day, is at or over
-    its cap; ``ok`` otherwise. Without ``campaign_day_spent`` (a call outside any campaign) the
-    campaign-day cap is not consulted."""
+    its cap, counting for the day what the calls in progress hold for their closing lines
+    (``day_reserved``) and the new call's own closing reserve: a call that could not close within the
+    day's cap is not started. ``ok`` otherwise. Without ``campaign_day_spent`` (a call outside any
+    campaign) the campaign-day cap is not consulted."""
+    refusals: list[tuple[Fraction, CapVerdict]] = []
     limits: list[tuple[str, int, int]] = []
     if caps.per_day is not None:
         limits.append(("per_day", day_spent, caps.per_day))
+        committed = day_spent + day_reserved + closing_reserve
+        if committed >= caps.per_day:
+            reason = f"refused: {_figures(day_spent, caps.per_day, 'per_day')} spent"
+            if day_reserved or closing_reserve:
+                reason += (
+                    f", {dollars(day_reserved)} held for closing lines of calls in progress,"
+                    f" {dollars(closing_reserve)} needed for this call's"
+                )
+            verdict = CapVerdict(Action.hard_stop, "per_day", day_spent, caps.per_day, reason)
+            refusals.append((_ratio(committed, caps.per_day), verdict))
     if caps.per_campaign_day is not None and campaign_day_spent is not None:
         limits.append(("per_campaign_day", campaign_day_spent, caps.per_campaign_day))
-    over = [item for item in limits if item[1] >= item[2]]
-    if over:
-        name, spent, limit = max(over, key=lambda item: _ratio(item[1], item[2]))
-        return CapVerdict(Action.hard_stop, name, spent, limit, f"refused: {_figures(spent, limit, name)} reached")
+        if campaign_day_spent >= caps.per_campaign_day:
+            figures = _figures(campaign_day_spent, caps.per_campaign_day, "per_campaign_day")
+            verdict = CapVerdict(
+                Action.hard_stop,
+                "per_campaign_day",
+                campaign_day_spent,
+                caps.per_campaign_day,
+                f"refused: {figures} reached",
+            )
+            refusals.append((_ratio(campaign_day_spent, caps.per_campaign_day), verdict))
+    if refusals:
+        return max(refusals, key=lambda item: item[0])[1]
     return _nearest_ok(limits)
 
 

@@ -378,3 +378,35 @@ def audio_estimate(seconds_in: float, seconds_out: float, model: str, table: Pri
     tokens_out = _seconds(seconds_out, "seconds_out") * AUDIO_OUT_TOKENS_PER_SECOND
     detail = {"audio_in": _tokens(prices.audio_in, tokens_in), "audio_out": _tokens(prices.audio_out, tokens_out)}
     return _cost("estimate", detail, table)
+
+
+# The wrap-up response is sent with this max_output_tokens, so a closing line cannot cost more than it:
+# about 8 s of speech at the audio rate (the dearer output rate), enough for a polite goodbye.
+CLOSING_MAX_OUTPUT_TOKENS = 160
+INPUT_KINDS = ("text_in", "text_cached_in", "audio_in", "audio_cached_in", "other_in")
+
+
+def input_micros(cost: Cost) -> int:
+    """What a response's input (the conversation it re-read) cost, out of its whole cost."""
+    return sum(cost.detail.get(kind, 0) for kind in INPUT_KINDS)
+
+
+def closing_reserve(model: str, table: PriceTable, *, direction: str, context_micros: int, listen_s: float) -> Cost:
+    """What a call's closing line can cost at most, held out of the day's budget while the call lasts.
+
+    The closing response re-reads the conversation (``context_micros``: the input cost of the call's
+    last response, or 0 before the first), listens for up to ``listen_s`` seconds while it speaks, says
+    at most :data:`CLOSING_MAX_OUTPUT_TOKENS` tokens at the audio output rate, and may start one more
+    telephony minute.
+    """
+    prices = _model(model, table)
+    rate = table.telephony_per_minute.get(direction)
+    if rate is None:
+        raise ValueError(f"no telephony rate for direction {direction!r} (known: {sorted(table.telephony_per_minute)})")
+    detail = {
+        "context": int(context_micros),
+        "audio_in": _tokens(prices.audio_in, _seconds(listen_s, "listen_s") * AUDIO_IN_TOKENS_PER_SECOND),
+        "audio_out": _tokens(max(prices.audio_out, prices.text_out), CLOSING_MAX_OUTPUT_TOKENS),
+        "telephony": _micros(rate * MICROS_PER_DOLLAR),
+    }
+    return _cost("closing_reserve", detail, table)

@@ -32,6 +32,8 @@ from app.budget.pricing import (
     Cost,
     PriceTable,
     audio_estimate,
+    closing_reserve,
+    input_micros,
     load_price_table,
     response_cost,
     telephony_cost,
@@ -42,6 +44,7 @@ from app.settings import Settings
 log = structlog.get_logger()
 
 CAPS_REFRESH_S = 5.0
+RESERVE_TOUCH_S = 5.0  # a live call charges (maybe 0) at least this often, so its reserve is not reaped
 WRAP_UP_INSTRUCTIONS = (
     "This call has reached its time limit and must end now. Do not start anything new. Say only: "
     '"I am sorry, I must go now. Goodbye."'
@@ -96,16 +99,38 @@ class Budget:
             runaway_margin=self.settings.budget_runaway_margin,
         )
 
-    async def open_for(self, *, now: datetime, campaign_id: int | None = None) -> CapVerdict:
-        """Is there budget left today (for the campaign too, if given)? Nothing is recorded."""
+    def closing_reserve(self, *, direction: str, context_micros: int = 0) -> int:
+        """What a call holds out of the day's budget for its closing line (µ$)."""
+        return closing_reserve(
+            self.settings.openai_realtime_model,
+            self.prices,
+            direction=direction,
+            context_micros=context_micros,
+            listen_s=self.hard_stop_grace_s,
+        ).micros
+
+    async def open_for(
+        self, *, now: datetime, campaign_id: int | None = None, direction: str = "inbound"
+    ) -> CapVerdict:
+        """Is there budget left today (for the campaign too, if given) for one more call, counting what
+        the calls in progress hold for their closing lines? Nothing is recorded."""
         day = self.today(now)
         caps = await self.caps_for(campaign_id)
         campaign_spent = await self.ledger.campaign_day_total(campaign_id, day) if campaign_id is not None else None
-        return admit_call(await self.ledger.day_total(day), caps, campaign_day_spent=campaign_spent)
+        reserved = await self.ledger.day_reserved(day) if caps.per_day is not None else 0
+        return admit_call(
+            await self.ledger.day_total(day),
+            caps,
+            campaign_day_spent=campaign_spent,
+            day_reserved=reserved,
+            closing_reserve=self.closing_reserve(direction=direction) if caps.per_day is not None else 0,
+        )
 
-    async def admit(self, *, now: datetime, call_sid: str, campaign_id: int | None = None) -> CapVerdict:
+    async def admit(
+        self, *, now: datetime, call_sid: str, campaign_id: int | None = None, direction: str = "inbound"
+    ) -> CapVerdict:
         """May a new call start? Refused (and recorded) when the day's budget is spent."""
-        verdict = await self.open_for(now=now, campaign_id=campaign_id)
+        verdict = await self.open_for(now=now, campaign_id=campaign_id, direction=direction)
         if verdict.action is not Action.ok:
             await self.record("refuse_call", verdict, now=now, call_sid=call_sid, campaign_id=campaign_id)
         return verdict
@@ -190,7 +215,8 @@ class Budget:
 
 @dataclass
 class CallMeter:
-    """One call's spend: exact costs from usage events, estimates in between, telephony per minute."""
+    """One call's spend: exact costs from usage events, estimates in between, telephony per minute, and
+    its closing reserve in the day's pool."""
 
     budget: Budget
     call_sid: str
@@ -201,16 +227,36 @@ class CallMeter:
     minutes_billed: int = 0
     last: Totals = field(default_factory=lambda: Totals(0, 0, 0))
     wrap_up_started_s: float | None = None
+    context_micros: int = 0  # input cost of the last response: what the closing line will re-read
+    reserve_day: Any = None  # the operator day the call's reserve is held in
     _caps: Caps | None = None
     _caps_at: float = 0.0
+    _charged_at: float = float("-inf")
+
+    def wanted_reserve(self) -> int | None:
+        """None once wrapping up: the call keeps (and spends) what it holds; it never asks for more."""
+        if self.wrap_up_started_s is not None:
+            return None
+        return self.budget.closing_reserve(direction=self.direction, context_micros=self.context_micros)
 
     async def _charge(self, cost: Cost, now: datetime) -> Totals:
         before = self.last
+        now_s = time.monotonic()  # the loop's clock: shares the caps cache with verdict()
+        caps = await self.caps(now_s)
+        day = self.budget.today(now)
+        if self.reserve_day is not None and self.reserve_day != day:
+            await self.budget.ledger.release(call_sid=self.call_sid, day=self.reserve_day)
+        self.reserve_day = day if caps.per_day is not None else None
         totals = await self.budget.ledger.charge(
-            call_sid=self.call_sid, day=self.budget.today(now), campaign_id=self.campaign_id, micros=cost.micros
+            call_sid=self.call_sid,
+            day=day,
+            campaign_id=self.campaign_id,
+            micros=cost.micros,
+            day_cap=caps.per_day,
+            reserve=self.wanted_reserve(),
         )
         self.last = totals
-        caps = await self.caps(time.monotonic())  # the loop's clock: shares the cache with verdict()
+        self._charged_at = now_s
         await self.budget.alerts(before, totals, caps, now=now, call_sid=self.call_sid, campaign_id=self.campaign_id)
         return totals
 
@@ -224,6 +270,7 @@ class CallMeter:
         correction = exact.micros - (self.estimated_outstanding if kind == "response" else 0)
         if kind == "response":
             self.estimated_outstanding = 0
+            self.context_micros = input_micros(exact)
         await self._charge(Cost(correction, exact.kind, exact.detail, exact.price_version), now)
         return exact
 
@@ -232,12 +279,20 @@ class CallMeter:
         if cost.micros:
             self.estimated_outstanding += cost.micros
             await self._charge(cost, now)
+        elif time.monotonic() - self._charged_at >= RESERVE_TOUCH_S:
+            await self._charge(cost, now)  # nothing to add: keeps the call's reserve held
 
     async def telephony(self, elapsed_s: float, now: datetime) -> None:
         started_minutes = int(elapsed_s // 60) + 1
         while self.minutes_billed < started_minutes:
             self.minutes_billed += 1
             await self._charge(telephony_cost(60, self.direction, self.budget.prices), now)
+
+    async def release(self) -> None:
+        """The call is over: its closing reserve goes back to the day's pool."""
+        if self.reserve_day is not None:
+            await self.budget.ledger.release(call_sid=self.call_sid, day=self.reserve_day)
+            self.reserve_day = None
 
     async def caps(self, now_s: float) -> Caps:
         """This call's caps, re-read from Redis at most every few seconds (an API change lands soon)."""
@@ -247,5 +302,14 @@ class CallMeter:
 
     async def verdict(self, now_s: float) -> CapVerdict:
         caps = await self.caps(now_s)
-        spend = Spend(call=self.last.call, day=self.last.day, campaign_day=self.last.campaign_day)
+        last = self.last
+        wanted = self.wanted_reserve()
+        spend = Spend(
+            call=last.call,
+            day=last.day,
+            campaign_day=last.campaign_day,
+            closing_reserve=0 if wanted is None or last.reserve_left is None else wanted,
+            reserve_left=last.reserve_left,
+            overrun=last.overrun,
+        )
         return check_call(spend, caps, wrap_up_started_s=self.wrap_up_started_s, now_s=now_s)

@@ -25,6 +25,7 @@ from app.adapters.openai_realtime import RealtimeUpstream
 from app.adapters.twilio_rest import TwilioError
 from app.archive.service import CallEventRecord
 from app.budget.policy import Action, CapVerdict
+from app.budget.pricing import CLOSING_MAX_OUTPUT_TOKENS
 from app.budget.service import WRAP_UP_INSTRUCTIONS
 from app.calls.archiving import archive_live_call, event_to_dict
 from app.calls.live import LiveState, line_from_dict
@@ -611,7 +612,8 @@ class CallSession:
         if verdict.action is Action.wrap_up and self.meter.wrap_up_started_s is None and not bridge.ended:
             self.meter.wrap_up_started_s = self._loop.time()
             grace_ms = int(self.rt.budget.hard_stop_grace_s * 1000)
-            await self._execute(bridge.handle(WrapUp(WRAP_UP_INSTRUCTIONS, verdict.reason, grace_ms), self.now_ms()))
+            wrap_up = WrapUp(WRAP_UP_INSTRUCTIONS, verdict.reason, grace_ms, CLOSING_MAX_OUTPUT_TOKENS)
+            await self._execute(bridge.handle(wrap_up, self.now_ms()))
             await self._enforced("wrap_up", verdict)
         elif verdict.action is Action.hard_stop and not bridge.ended:
             await self._execute(bridge.handle(HardStop(verdict.reason), self.now_ms()))
@@ -745,6 +747,11 @@ class CallSession:
         rt.metrics.frames_in.inc(bridge.frames_in)
         if self.final:
             rt.metrics.calls_ended.labels(self.status).inc()
+            try:
+                if hasattr(self, "meter"):
+                    await self.meter.release()
+            except (RedisError, OSError) as exc:  # reaped once stale instead
+                log.warning("budget.release_failed", call_sid=sid, error=repr(exc))
             self.live.meta({"status": "ended", "end_reason": self.end_reason})
             flushed = await self.live.flush(FLUSH_TIMEOUT_S)
             try:

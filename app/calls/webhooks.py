@@ -80,7 +80,7 @@ async def voice(request: Request) -> Response:
         raise ProblemError(400, "Missing CallSid", "The webhook carried no CallSid.")
     direction = "inbound" if _field(form, "Direction") in ("", "inbound") else "outbound"
     try:
-        verdict = await rt.budget.admit(now=datetime.now(UTC), call_sid=call_sid)
+        verdict = await rt.budget.admit(now=datetime.now(UTC), call_sid=call_sid, direction=direction)
     except (RedisError, OSError) as exc:  # the ledger is away: take the call (callers first), say so
         log.warning("budget.unavailable", call_sid=call_sid, error=repr(exc))
         verdict = None

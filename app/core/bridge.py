@@ -67,6 +67,7 @@ class WrapUp:
     instructions: str
     reason: str
     grace_ms: int
+    max_output_tokens: int | None = None  # every response from here on is held to this
 
 
 @dataclass(slots=True)
@@ -254,6 +255,7 @@ class CallBridge:
         self._end_deadline_ms = 0
         self.ended = False
         self.wrapping_up = False
+        self._response_token_limit: int | None = None
         self.agent_bytes_out = 0
 
         self._dispatch: dict[type, Callable[[Any, int], list[Command]]] = {
@@ -586,7 +588,7 @@ class CallBridge:
             event_id = f"sb_resp_{self._create_seq}"
             self._create_inflight = event_id
             self._sent_creates[event_id] = instructions
-            out.append(SendToRealtime(rt.response_create(event_id, instructions)))
+            out.append(SendToRealtime(rt.response_create(event_id, instructions, self._response_token_limit)))
         elif instructions is not None or None not in self._queued_creates:
             self._queued_creates.append(instructions)
 
@@ -707,6 +709,7 @@ class CallBridge:
         if self.ended or self.wrapping_up:
             return out
         self.wrapping_up = True
+        self._response_token_limit = ev.max_output_tokens
         out.append(RecordCallEvent("wrap_up", {"reason": ev.reason}))
         self._request_response(ev.instructions, out)
         if isinstance(self._end_action, HangUp):

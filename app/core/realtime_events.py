@@ -78,11 +78,13 @@ def audio_append(audio: bytes) -> bytes:
     return _APPEND_PREFIX + b64encode(audio) + b'"}'
 
 
-def response_create(event_id: str, instructions: str | None = None) -> bytes:
+def response_create(event_id: str, instructions: str | None = None, max_output_tokens: int | None = None) -> bytes:
     """response.create with our event_id, so an error about it can be matched back."""
     response: dict[str, Any] = {"output_modalities": ["audio"]}
     if instructions is not None:
         response["instructions"] = instructions
+    if max_output_tokens is not None:
+        response["max_output_tokens"] = max_output_tokens
     return orjson.dumps({"type": "response.create", "event_id": event_id, "response": response})
 
 

@@ -91,7 +91,7 @@ class Dialer:
     async def _within_budget(self, campaign: Campaign) -> bool:
         """Pause a campaign whose day (or campaign day) budget is spent; resume it when a new day opens."""
         now = self.clock()
-        verdict = await self.rt.budget.open_for(now=now, campaign_id=campaign.id)
+        verdict = await self.rt.budget.open_for(now=now, campaign_id=campaign.id, direction="outbound")
         spent = verdict.action is not Action.ok
         if spent == (campaign.status == "paused_budget"):
             return not spent

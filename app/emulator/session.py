@@ -130,6 +130,7 @@ class _Response:
     started_at: float
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str | None = None
+    incomplete_reason: str | None = None  # "max_output_tokens": the output limit cut it short
     task: asyncio.Task[None] | None = None
     output: list[dict[str, Any]] = field(default_factory=list)
     audio_bytes: int = 0
@@ -726,6 +727,8 @@ class EmulatedSession:
         details: dict[str, Any] | None = None
         if status == "cancelled":
             details = {"type": "cancelled", "reason": response.cancel_reason}
+        elif status == "incomplete":
+            details = {"type": "incomplete", "reason": response.incomplete_reason}
         return {
             "object": "realtime.response",
             "id": response.id,
@@ -758,7 +761,11 @@ class EmulatedSession:
                     await self._stream_function_call(response, *call)
                 else:
                     await self._stream_message(response, self._reply_text(response.params))
-            status = "cancelled" if response.cancel_reason is not None else "completed"
+            status = "completed"
+            if response.cancel_reason is not None:
+                status = "cancelled"
+            elif response.incomplete_reason is not None:
+                status = "incomplete"
             final = self._response_object(response, status)
             final["usage"] = self._usage(response)
             self.responses.append(final)
@@ -883,7 +890,7 @@ class EmulatedSession:
                 response.text_sent += word
                 await self._send({"type": "response.output_text.delta", **ids, "delta": word})
         said = response.text_sent
-        complete = response.cancel_reason is None
+        complete = response.cancel_reason is None and response.incomplete_reason is None
         if audio_mode:
             await self._send({"type": "response.output_audio.done", **ids})
             await self._send({"type": "response.output_audio_transcript.done", **ids, "transcript": said})
@@ -919,14 +926,19 @@ class EmulatedSession:
         next_word = 0
         pace = self._config.chunk_ms / 1000 / max(self._config.pacing_speed, 1e-6)
         began = self._loop.time()
+        limit = response.params.get("max_output_tokens", self.session_config.get("max_output_tokens", "inf"))
+        max_bytes = len(audio) if limit == "inf" else int(limit / OUTPUT_AUDIO_TOKENS_PER_S * 1000 * fmt.bytes_per_ms)
         for index in range(n_chunks):
             if response.cancelled.is_set():
+                break
+            if index * chunk >= max_bytes:
+                response.incomplete_reason = "max_output_tokens"
                 break
             while next_word < len(words) and due[next_word] <= index:
                 response.text_sent += words[next_word]
                 await self._send({"type": "response.output_audio_transcript.delta", **ids, "delta": words[next_word]})
                 next_word += 1
-            data = audio[index * chunk : (index + 1) * chunk]
+            data = audio[index * chunk : min((index + 1) * chunk, max_bytes // fmt.sample_bytes * fmt.sample_bytes)]
             if not data:
                 continue
             if response.first_audio_at is None:

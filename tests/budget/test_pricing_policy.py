@@ -27,6 +27,8 @@ from app.budget.pricing import (
     DEFAULT_PRICES,
     Cost,
     audio_estimate,
+    closing_reserve,
+    input_micros,
     load_price_table,
     response_cost,
     telephony_cost,
@@ -218,6 +220,29 @@ def test_audio_estimate_10s_in_5s_out() -> None:
         audio_estimate(1, 1, "nope", T)
 
 
+def test_closing_reserve_gpt_realtime_inbound() -> None:
+    # context $0.0123 (the last response's input), 8 s listening = 80 audio tokens * $32/M = 2,560 µ$,
+    # 160 output tokens * $64/M = 10,240 µ$, one inbound minute $0.0085 = 8,500 µ$
+    cost = closing_reserve("gpt-realtime", T, direction="inbound", context_micros=12_300, listen_s=8)
+    assert cost.detail == {"context": 12_300, "audio_in": 2_560, "audio_out": 10_240, "telephony": 8_500}
+    assert cost.micros == 33_600 and cost.kind == "closing_reserve"
+    outbound = closing_reserve("gpt-realtime", T, direction="outbound", context_micros=0, listen_s=0)
+    assert outbound.micros == 10_240 + 14_000
+    with pytest.raises(ValueError):
+        closing_reserve("gpt-realtime", T, direction="sideways", context_micros=0, listen_s=0)
+
+
+def test_input_micros_is_the_reread_conversation() -> None:
+    usage = {"input_tokens": 2_000, "output_tokens": 100,
+             "input_token_details": {"text_tokens": 1_000, "audio_tokens": 1_000, "cached_tokens": 1_024,
+                                     "cached_tokens_details": {"text_tokens": 512, "audio_tokens": 512}},
+             "output_token_details": {"text_tokens": 0, "audio_tokens": 100}}  # fmt: skip
+    cost = response_cost(usage, "gpt-realtime", T)
+    # text: 488 * $4 + 512 * $0.4; audio: 488 * $32 + 512 * $0.4 (rounded per component)
+    assert input_micros(cost) == 1_952 + 205 + 15_616 + 205
+    assert cost.micros - input_micros(cost) == 6_400
+
+
 # -- load_price_table ------------------------------------------------------------------------------
 
 
@@ -327,17 +352,41 @@ def test_check_call_runaway_stops_at_once() -> None:
 
 
 def test_check_call_day_cap_binds_before_call_cap() -> None:
-    # the call is at 25% of its cap, the day at 98% of its own
-    v = _check(500_000, day=49_000_000)
+    # the call is at 25% of its cap; the day has $0.80 left and this call wants $1.00 held for closing
+    spend = Spend(call=500_000, day=49_200_000, closing_reserve=1_000_000)
+    v = check_call(spend, CAPS, wrap_up_started_s=None, now_s=100.0)
     assert v.action is Action.wrap_up and v.cap == "per_day"
-    assert v.spent == 49_000_000 and v.limit == 50_000_000
-    assert "$49.00 of the $50.00 per-day cap" in v.reason
-    assert _check(500_000, day=50_000_000, started=90.0).cap == "per_day"
-    assert _check(500_000, day=50_000_000, started=90.0).action is Action.hard_stop
+    assert v.spent == 49_200_000 and v.limit == 50_000_000
+    assert "$49.20 of the $50.00 per-day cap" in v.reason and "closing lines" in v.reason
+    # with its whole reserve still held, the call goes on: the reserve is what closing needs
+    held = Spend(call=500_000, day=49_000_000, closing_reserve=1_000_000)
+    assert check_call(held, CAPS, wrap_up_started_s=None, now_s=100.0).action is Action.ok
+
+
+def test_day_pool_wraps_up_when_the_ledger_holds_less_than_the_reserve() -> None:
+    # other calls hold most of what is left: the ledger gave this call only $0.40 of its $1.00
+    spend = Spend(call=100_000, day=40_000_000, closing_reserve=1_000_000, reserve_left=400_000)
+    assert check_call(spend, CAPS, wrap_up_started_s=None, now_s=0.0).action is Action.wrap_up
+    whole = Spend(call=100_000, day=40_000_000, closing_reserve=1_000_000, reserve_left=1_000_000)
+    assert check_call(whole, CAPS, wrap_up_started_s=None, now_s=0.0).action is Action.ok
+
+
+def test_day_pool_hard_stops_at_once_on_overrun_or_past_the_cap() -> None:
+    # no grace for the day: every call had its closing line's worth held before the pool ran dry
+    overrun = Spend(call=100_000, day=49_990_000, closing_reserve=1_000_000, reserve_left=0, overrun=12_345)
+    v = check_call(overrun, CAPS, wrap_up_started_s=99.9, now_s=100.0)
+    assert v.action is Action.hard_stop and v.cap == "per_day"
+    assert "$0.01 past this call's closing reserve" in v.reason
+    past = check_call(Spend(call=0, day=50_000_001), CAPS, wrap_up_started_s=None, now_s=0.0)
+    assert past.action is Action.hard_stop and "over the cap" in past.reason
+    at = check_call(Spend(call=0, day=50_000_000), CAPS, wrap_up_started_s=None, now_s=0.0)
+    assert at.action is Action.wrap_up
 
 
 def test_check_call_most_severe_then_most_used_wins() -> None:
-    # call at 95% (wrap up), day at 92% (wrap up): the call is nearer its cap
+    # call at 95% (wrap up), day at 100% (wrap up): the day is nearer its cap
+    assert _check(1_900_000, day=50_000_000).cap == "per_day"
+    # a day at 92% with room for the call's closing is no reason to close
     assert _check(1_900_000, day=46_000_000).cap == "per_call"
     # call runaway (hard stop) beats the day at 99% (wrap up)
     v = _check(2_300_000, day=49_500_000)
@@ -363,6 +412,14 @@ def test_admit_call_day_cap() -> None:
     assert "$50.00 of the $50.00 per-day cap" in at.reason
     assert admit_call(60_000_000, CAPS).action is Action.hard_stop
     assert admit_call(10**12, Caps(per_call=1, per_day=None)).action is Action.ok
+
+
+def test_admit_call_counts_closing_reserves() -> None:
+    # $48.00 spent, $1.50 held by calls in progress: a call needing $0.50 to close would reach the cap
+    refused = admit_call(48_000_000, CAPS, day_reserved=1_500_000, closing_reserve=500_000)
+    assert refused.action is Action.hard_stop and refused.cap == "per_day" and refused.spent == 48_000_000
+    assert "$1.50 held for closing lines" in refused.reason and "$0.50 needed" in refused.reason
+    assert admit_call(48_000_000, CAPS, day_reserved=1_499_999, closing_reserve=500_000).action is Action.ok
 
 
 def test_admit_call_campaign_day_cap() -> None:

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,12 +12,8 @@ from redis.asyncio import Redis
 
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
-from app.settings import Settings
 from tests.calls.test_resilience_e2e import restored_before_audio, talk_a_little
 from tests.support import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
-    PUBLIC_BASE,
     TwilioStream,
     agent_turn_played,
     archived,
@@ -31,43 +21,11 @@ from tests.support import (
     open_call,
     post_webhook,
     say_turn,
+    server_process,
     twiml_stream,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
-
-
-@contextmanager
-def server_process(settings: Settings) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``switchboard serve`` in its own process on a socket this test already listens on, so
-    requests queue in the kernel until the server accepts them (no readiness polling)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    env = {
-        **os.environ,
-        "PUBLIC_BASE_URL": PUBLIC_BASE,
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "OPENAI_API_KEY": "test-key",
-        "OPENAI_REALTIME_URL": settings.openai_realtime_url,
-        "REDIS_URL": settings.redis_url or "",
-        "DATABASE_URL": settings.effective_database_url,
-        "BUSINESS_NAME": settings.business_name,
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from app.cli import main; main()", "serve", "--fd", str(sock.fileno())],
-        env=env,
-        pass_fds=(sock.fileno(),),
-    )
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
-        sock.close()
 
 
 async def lines_stored(redis_url: str, sid: str, n: int) -> None:

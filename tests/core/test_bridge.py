@@ -387,6 +387,21 @@ def test_a_wrap_up_asks_for_a_closing_line_then_hangs_up_even_if_the_caller_talk
     assert [h.reason for h in of(done, HangUp)] == ["per-call cap"]  # ...but the budget still ends the call
 
 
+def test_after_a_wrap_up_every_response_is_held_to_the_closing_token_limit() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    before = realtime(bridge.handle(DtmfReceived("1"), 6))
+    assert [e["type"] for e in before][-1] == "response.create" and "max_output_tokens" not in before[-1]["response"]
+    bridge.handle(rt.ResponseCreated("resp_dtmf"), 7)
+    # a response is active: the closing line waits for it, and still carries the limit when it goes
+    assert realtime(bridge.handle(WrapUp("Close now.", "per-day cap", 5000, 160), 10)) == []
+    queued = realtime(bridge.handle(rt.ResponseDone("resp_dtmf", "completed"), 12))
+    assert [e["response"] for e in queued if e["type"] == "response.create"] == [
+        {"output_modalities": ["audio"], "instructions": "Close now.", "max_output_tokens": 160}
+    ]
+
+
 def test_a_wrap_up_hangs_up_at_its_grace_when_no_line_comes() -> None:
     bridge = make_bridge()
     start_session(bridge)  # a response is in flight and never finishes

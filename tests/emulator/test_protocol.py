@@ -226,6 +226,23 @@ async def test_greeting_response_speaks_the_quoted_text_from_its_instructions(em
 
 
 @pytest.mark.asyncio
+async def test_max_output_tokens_cuts_the_audio_and_ends_the_response_incomplete(emulator: RealtimeEmulator) -> None:
+    long_line = 'Say: "' + "We are open every weekday from eight until six, and on Saturdays until noon. " * 3 + '"'
+    async with connect(emulator) as client:
+        await client.send({"type": "response.create", "response": {"instructions": long_line}})
+        whole = await client.recv_until("response.done")
+        await client.send({"type": "response.create", "response": {"instructions": long_line, "max_output_tokens": 20}})
+        cut = await client.recv_until("response.done")
+    assert whole[-1]["response"]["status"] == "completed" and _audio_bytes(whole) > 48_000 * 3
+    done = cut[-1]["response"]
+    assert done["status"] == "incomplete" and done["max_output_tokens"] == 20
+    assert done["status_details"] == {"type": "incomplete", "reason": "max_output_tokens"}
+    # 20 audio tokens at 20 a second: one second of pcm16 at 24 kHz, no more
+    assert _audio_bytes(cut) == 48_000 and done["usage"]["output_token_details"]["audio_tokens"] == 20
+    assert done["output"][0]["status"] == "incomplete"
+
+
+@pytest.mark.asyncio
 async def test_truncate_within_sent_audio_succeeds_and_past_it_fails(emulator: RealtimeEmulator) -> None:
     async with connect(emulator) as client:
         await client.send({"type": "response.create"})

@@ -1,0 +1,98 @@
+"""The day's budget as a pool of closing reserves, settled by one Lua script on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from app.budget.ledger import BudgetLedger
+
+pytestmark = pytest.mark.asyncio
+DAY = date(2026, 11, 21)
+CAP = 100_000  # $0.10
+
+
+@pytest_asyncio.fixture
+async def ledger(redis_url: str) -> AsyncIterator[BudgetLedger]:
+    redis = Redis.from_url(redis_url)
+    try:
+        yield BudgetLedger(redis, prefix=f"t{uuid.uuid4().hex[:8]}")
+    finally:
+        await redis.aclose()
+
+
+async def charge(
+    ledger: BudgetLedger, sid: str, micros: int, reserve: int | None = 10_000
+) -> tuple[int, int, int, int]:
+    t = await ledger.charge(call_sid=sid, day=DAY, campaign_id=None, micros=micros, day_cap=CAP, reserve=reserve)
+    assert t.reserve_left is not None
+    return t.day, t.day_reserved, t.reserve_left, t.overrun
+
+
+async def test_each_call_holds_its_reserve_and_new_spend_comes_from_the_free_pool(ledger: BudgetLedger) -> None:
+    assert await charge(ledger, "CA1", 30_000) == (30_000, 10_000, 10_000, 0)
+    assert await charge(ledger, "CA2", 30_000) == (60_000, 20_000, 10_000, 0)
+    # 20,000 free: CA1 spends 15,000 of it, and the last 5,000 now come out of its own reserve
+    assert await charge(ledger, "CA1", 15_000) == (75_000, 20_000, 10_000, 0)
+    assert await charge(ledger, "CA1", 10_000) == (85_000, 15_000, 5_000, 0)
+    # closing (reserve None: keep what it holds), CA1 spends its reserve down to nothing, then overruns
+    assert await charge(ledger, "CA1", 5_000, None) == (90_000, 10_000, 0, 0)
+    assert await charge(ledger, "CA1", 700, None) == (90_700, 10_000, 0, 700)
+    # CA1's 700 overrun came out of CA2's reserve: CA2 closing on 9,300 leaves the day exactly at the cap
+    assert await charge(ledger, "CA2", 9_300, None) == (100_000, 0, 0, 0)
+    # and any more is CA2's overrun, the day's only way past its cap
+    assert await charge(ledger, "CA2", 1, None) == (100_001, 0, 0, 1)
+    assert await ledger.day_total(DAY) == 100_001
+
+
+async def test_a_call_never_asks_for_more_than_the_pool_has(ledger: BudgetLedger) -> None:
+    await charge(ledger, "CA1", 85_000)
+    assert await charge(ledger, "CA2", 0) == (85_000, 15_000, 5_000, 0)  # CA2 gets half its reserve
+    # releasing CA1's reserve lets CA2 have its whole reserve on its next charge
+    assert await ledger.release(call_sid="CA1", day=DAY) == 10_000
+    assert await charge(ledger, "CA2", 0) == (85_000, 10_000, 10_000, 0)
+    assert await ledger.day_reserved(DAY) == 10_000
+    assert await ledger.release(call_sid="CA2", day=DAY) == 10_000
+    assert await ledger.release(call_sid="CA2", day=DAY) == 0  # twice is harmless
+    assert await ledger.day_reserved(DAY) == 0
+
+
+async def test_no_day_cap_holds_nothing(ledger: BudgetLedger) -> None:
+    t = await ledger.charge(call_sid="CA1", day=DAY, campaign_id=7, micros=5, day_cap=None, reserve=10_000)
+    assert (t.call, t.day, t.campaign_day, t.day_reserved, t.reserve_left, t.overrun) == (5, 5, 5, 0, None, 0)
+    assert await ledger.day_reserved(DAY) == 0
+
+
+async def test_the_reserve_of_a_call_that_stopped_charging_is_reaped(ledger: BudgetLedger, redis_url: str) -> None:
+    await charge(ledger, "CA_dead", 0)
+    await charge(ledger, "CA_live", 0)
+    # the dead call's node went away 31 s ago: age its last touch rather than wait
+    touched = f"{ledger.prefix}:spend:reserve:{DAY.isoformat()}:touched"
+    score = await ledger.redis.zscore(touched, "CA_dead")
+    assert score is not None
+    await ledger.redis.zadd(touched, {"CA_dead": score - 31_000})
+    assert await charge(ledger, "CA_live", 0) == (0, 10_000, 10_000, 0)
+    assert await ledger.redis.hget(f"{ledger.prefix}:spend:reserve:{DAY.isoformat()}", "CA_dead") is None
+
+
+async def test_many_concurrent_charges_never_take_the_day_past_the_cap_but_by_overruns(ledger: BudgetLedger) -> None:
+    # 20 calls, each wanting 3,000 held, charge 1,000 at a time until told to close, then close on their
+    # reserve: whatever the interleaving, day + reserved stays within the cap and nobody overruns.
+    async def call(sid: str) -> int:
+        closing = False
+        while True:
+            day, reserved, left, overrun = await charge(ledger, sid, 1_000, None if closing else 3_000)
+            assert day + reserved <= CAP and overrun == 0
+            if not closing and left < 3_000:
+                closing = True
+            elif closing and left < 1_000:
+                return day
+
+    await asyncio.gather(*(call(f"CA{i}") for i in range(20)))
+    assert await ledger.day_total(DAY) <= CAP

@@ -47,6 +47,7 @@ class SpendOut(BaseModel):
     day: date
     timezone: str
     spent_usd: float
+    reserved_usd: float = Field(description="held out of the daily cap for the closing lines of calls in progress")
     cap_usd: float | None
     campaigns: dict[int, float]
     price_version: str
@@ -62,6 +63,7 @@ async def spend(request: Request, day: Annotated[date | None, Query()] = None) -
         day=when,
         timezone=budget.zone,
         spent_usd=usd(await budget.ledger.day_total(when)) or 0.0,
+        reserved_usd=usd(await budget.ledger.day_reserved(when)) or 0.0,
         cap_usd=usd(caps.per_day),
         campaigns={cid: usd(v) or 0.0 for cid, v in campaigns.items()},
         price_version=budget.prices.version,

@@ -1,0 +1,84 @@
+"""The budget REST API: caps (admin), spend by day, campaign and call, and enforcements (ops, supervisor)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from app.auth.keys import Role
+from app.budget.ledger import BudgetLedger
+from tests.support import call_sid, key_for, make_settings, post_webhook, serve
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.redis]
+ZONE = "America/Denver"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_caps_spend_and_enforcements_over_rest(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(
+        tmp_path, realtime_url="ws://127.0.0.1:9/v1", redis_url=redis_url, budget_timezone=ZONE, budget_per_call_usd=1.5
+    )
+    redis = Redis.from_url(redis_url)
+    ledger = BudgetLedger(redis)
+    day = datetime.now(UTC).astimezone(ZoneInfo(ZONE)).date()
+    await redis.delete(*[f"sb:spend:{k}" for k in (f"day:{day}", "call:CAapi1", f"campaign:7:{day}",
+                                                    f"reserve:{day}", f"reserve:{day}:total")],
+                       "sb:budget:caps")  # fmt: skip
+    keys = {role: await key_for(settings.effective_database_url, role) for role in Role}
+    try:
+        async with serve(settings) as base, httpx.AsyncClient(base_url=base) as api:
+            # Reading needs a key; ops and supervisors may read; only an admin may set caps.
+            assert (await api.get("/api/v1/budget/caps")).status_code == 401
+            before = await api.get("/api/v1/budget/caps", headers=bearer(keys[Role.ops]))
+            assert before.status_code == 200
+            assert before.json() == {"per_call_usd": 1.5, "per_day_usd": None, "timezone": ZONE, "campaigns": {}}
+            body = {"per_call_usd": 2.0, "per_day_usd": 0.05, "campaigns": {"7": {"per_day_usd": 0.02}}}
+            denied = await api.put("/api/v1/budget/caps", json=body, headers=bearer(keys[Role.ops]))
+            assert denied.status_code == 403 and denied.headers["content-type"] == "application/problem+json"
+            bad = await api.put("/api/v1/budget/caps", json={"per_day_usd": -1}, headers=bearer(keys[Role.admin]))
+            assert bad.status_code == 422
+            put = await api.put("/api/v1/budget/caps", json=body, headers=bearer(keys[Role.admin]))
+            assert put.status_code == 200
+            caps = (await api.get("/api/v1/budget/caps", headers=bearer(keys[Role.supervisor]))).json()
+            assert caps == {
+                "per_call_usd": 2.0,
+                "per_day_usd": 0.05,
+                "timezone": ZONE,
+                "campaigns": {"7": {"per_call_usd": None, "per_day_usd": 0.02}},
+            }
+
+            # Another node spends: 30,000 µ$ on a campaign call that holds a 12,000 µ$ closing reserve.
+            await ledger.charge(call_sid="CAapi1", day=day, campaign_id=7, micros=30_000, day_cap=50_000,
+                                reserve=12_000)  # fmt: skip
+            spend = (await api.get("/api/v1/budget/spend", headers=bearer(keys[Role.ops]))).json()
+            assert spend["day"] == day.isoformat() and spend["timezone"] == ZONE
+            assert (spend["spent_usd"], spend["reserved_usd"], spend["cap_usd"]) == (0.03, 0.012, 0.05)
+            assert spend["campaigns"] == {"7": 0.03}
+            call = (await api.get("/api/v1/budget/calls/CAapi1", headers=bearer(keys[Role.supervisor]))).json()
+            assert call == {"call_sid": "CAapi1", "spent_usd": 0.03, "cap_usd": 2.0}
+
+            # 30,000 spent + 12,000 held + a new call's closing reserve > 50,000: the call is refused,
+            # politely, and the refusal is recorded with its figures.
+            refused = await post_webhook(base, "/twilio/voice", {"CallSid": call_sid(555), "From": "+13035550123",
+                                                                 "To": "+13035550100", "Direction": "inbound"})  # fmt: skip
+            assert [c.tag for c in ET.fromstring(refused.text)] == ["Say", "Hangup"]
+            listed = (await api.get("/api/v1/budget/enforcements", headers=bearer(keys[Role.ops]))).json()
+            refusal = next(e for e in listed["items"] if e["call_sid"] == call_sid(555))
+            assert refusal["action"] == "refuse_call" and refusal["cap"] == "per_day"
+            assert (refusal["spent_micros"], refusal["limit_micros"]) == (30_000, 50_000)
+            assert "$0.01 held for closing lines" in refusal["reason"]
+            assert refusal["price_version"] and refusal["day"] == day.isoformat()
+    finally:
+        await redis.delete(*[f"sb:spend:{k}" for k in (f"day:{day}", "call:CAapi1", f"campaign:7:{day}",
+                                                        f"reserve:{day}", f"reserve:{day}:total")],
+                           "sb:budget:caps")  # fmt: skip
+        await redis.aclose()

@@ -58,6 +58,9 @@ def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
 def create_api_key_cmd(
     role: Annotated[str, typer.Option(help="admin | ops | supervisor")],
     name: Annotated[str, typer.Option(help="Who or what holds the key")] = "cli",
+    grant: Annotated[
+        list[str] | None, typer.Option(help="Extra permission, repeatable: transcripts (ops reading transcripts)")
+    ] = None,
 ) -> None:
     """Create an API key and print it once."""
     from app.auth.keys import Role, create_api_key, utcnow
@@ -69,6 +72,11 @@ def create_api_key_cmd(
     except ValueError:
         typer.echo(f"unknown role {role!r}: choose admin, ops or supervisor", err=True)
         raise typer.Exit(2) from None
+    from app.auth.keys import GRANTS
+
+    if set(grant or ()) - set(GRANTS):
+        typer.echo(f"unknown grant in {grant}: known grants are {', '.join(GRANTS)}", err=True)
+        raise typer.Exit(2)
     import_all_models()
     settings = Settings()
 
@@ -76,7 +84,9 @@ def create_api_key_cmd(
         engine = make_engine(settings.effective_database_url)
         try:
             async with make_sessionmaker(engine)() as session:
-                return await create_api_key(session, role=role_value, name=name, now=utcnow())
+                return await create_api_key(
+                    session, role=role_value, name=name, now=utcnow(), grants=tuple(grant or ())
+                )
         finally:
             await engine.dispose()
 

@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 from app.adapters.call_store import CallStore
 from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
+from app.archive.redaction import redactor
 from app.archive.router import router as calls_router
 from app.budget.ledger import BudgetLedger
 from app.budget.router import router as budget_router
@@ -62,6 +63,7 @@ def build_runtime(settings: Settings, *, tools: ToolRegistry | None = None) -> R
         takeovers=TakeoverListener(call_store),
         twilio_signatures=RequestValidator(settings.twilio_auth_token.get_secret_value()),
         budget=budget,
+        redact=redactor(settings.redaction_patterns) if settings.redaction_patterns else None,
         jurisdiction=Jurisdiction(emergencies=frozenset(s.upper() for s in settings.declared_emergency_states)),
         realtime=RealtimeConnector(
             api_key=api_key, websocket_base_url=settings.openai_realtime_url, model=settings.openai_realtime_model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -42,6 +43,7 @@ class Runtime:
     twilio_signatures: RequestValidator
     jurisdiction: Jurisdiction
     budget: Budget
+    redact: Callable[[str], str] | None = None  # transcript redaction, when configured
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}")
 
 

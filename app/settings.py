@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     budget_runaway_margin: float = 0.1  # past a cap by this fraction, a call is cut without waiting
     price_table_file: Path | None = None  # JSON overriding the built-in 2026 list prices
 
+    # Supervisor review
+    # Comma-separated patterns redacted from transcripts before they are stored anywhere (Redis, SQL):
+    # any of card, ssn, email, cvv. Empty: off.
+    redact_transcripts: str = ""
+    transcript_retention_days: int | None = Field(default=None, ge=1)  # None: keep transcripts for ever
+    retention_interval_s: float = 3600.0
+    # Signs console session cookies; every node must share it. Unset: a random one kept in DATA_DIR.
+    console_secret: SecretStr | None = None
+    console_session_ttl_s: int = 8 * 3600
+
     # Resilience
     lease_ttl_s: float = 6.0
     lease_renew_s: float = 2.0
@@ -98,11 +108,29 @@ class Settings(BaseSettings):
         "budget_per_call_usd",
         "budget_per_day_usd",
         "price_table_file",
+        "transcript_retention_days",
+        "console_secret",
         mode="before",
     )
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @field_validator("redact_transcripts")
+    @classmethod
+    def _known_patterns(cls, v: str) -> str:
+        from app.archive.redaction import redactor
+
+        redactor(cls.redaction_patterns_of(v))  # raises on an unknown name
+        return v
+
+    @staticmethod
+    def redaction_patterns_of(value: str) -> list[str]:
+        return [p.strip().lower() for p in value.split(",") if p.strip()]
+
+    @property
+    def redaction_patterns(self) -> list[str]:
+        return self.redaction_patterns_of(self.redact_transcripts)
 
     @model_validator(mode="after")
     def _no_dev_token_in_public(self) -> Settings:

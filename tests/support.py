@@ -393,11 +393,11 @@ async def say_turn(tw: TwilioStream) -> None:
         await tw.media(SILENCE)
 
 
-async def key_for(database_url: str, role: Role) -> str:
+async def key_for(database_url: str, role: Role, *, grants: tuple[str, ...] = ()) -> str:
     engine = make_engine(database_url)
     try:
         async with make_sessionmaker(engine)() as session:
-            return await create_api_key(session, role=role, name="test", now=utcnow())
+            return await create_api_key(session, role=role, name="test", now=utcnow(), grants=grants)
     finally:
         await engine.dispose()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base
@@ -18,14 +18,26 @@ class Call(Base):
     call_sid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     stream_sid: Mapped[str | None] = mapped_column(String(64))
     direction: Mapped[str] = mapped_column(String(16))
-    from_number: Mapped[str | None] = mapped_column(String(32))
-    to_number: Mapped[str | None] = mapped_column(String(32))
+    from_number: Mapped[str | None] = mapped_column(String(32), index=True)
+    to_number: Mapped[str | None] = mapped_column(String(32), index=True)
     status: Mapped[str] = mapped_column(String(32))
     end_reason: Mapped[str | None] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(Integer, index=True)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What a supervisor filters and sorts by, worked out once when the call is archived.
+    campaign_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    disposition: Mapped[str | None] = mapped_column(String(32), index=True)
+    cost_micros: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    price_version: Mapped[str | None] = mapped_column(String(64))
+    transferred: Mapped[bool] = mapped_column(Boolean, default=False)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    turns: Mapped[int | None] = mapped_column(Integer)
+    latency_p50_ms: Mapped[int | None] = mapped_column(Integer)
+    latency_p95_ms: Mapped[int | None] = mapped_column(Integer)
+    redacted: Mapped[bool] = mapped_column(Boolean, default=False)
+    transcript_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     segments: Mapped[list[TranscriptSegment]] = relationship(
         back_populates="call", order_by="TranscriptSegment.seq", cascade="all, delete-orphan"
@@ -36,6 +48,9 @@ class Call(Base):
 
 
 class TranscriptSegment(Base):
+    """One line of a call. Full-text search: a GIN-indexed tsvector column on PostgreSQL, an FTS5 table
+    kept by triggers on SQLite (both made by migration 0005, read by app.archive.search)."""
+
     __tablename__ = "transcript_segments"
     __table_args__ = (UniqueConstraint("call_id", "seq"),)
 
@@ -80,3 +95,19 @@ class CallEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     offset_ms: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Who read or exported what, and when: every supervisor read of a call and every export."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_target", "target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))  # read_call | export_call | export_search | search
+    target: Mapped[str | None] = mapped_column(String(64))  # a call sid, or None for a search
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    via: Mapped[str] = mapped_column(String(16), default="api")  # api | console

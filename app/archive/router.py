@@ -1,19 +1,28 @@
-"""Supervisor API over archived calls (the web console arrives with the supervisor issue)."""
+"""Supervisor API over archived calls: search, one call in full, exports; every read audited.
+
+Supervisors and admins read everything. Ops keys may list and filter calls (no transcript content)
+unless they carry the ``transcripts`` grant; a phrase search shows matching lines, so it needs it too.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
-from app.archive import service
-from app.auth.keys import Role, require_role
+from app.archive import review
+from app.archive.facts import DISPOSITIONS
+from app.archive.search import BadQuery, CallFilter, parse_query, search_calls
+from app.auth.keys import Principal, Role, require_role, require_transcripts
 from app.db import SessionDep
 from app.problems import ProblemError
 
-router = APIRouter(prefix="/api/v1/calls", tags=["calls"], dependencies=[Depends(require_role(Role.supervisor))])
+router = APIRouter(
+    prefix="/api/v1/calls", tags=["calls"], dependencies=[Depends(require_role(Role.supervisor, Role.ops))]
+)
 
 
 class CallSummary(BaseModel):
@@ -21,11 +30,23 @@ class CallSummary(BaseModel):
     direction: str
     from_number: str | None
     to_number: str | None
+    campaign_id: int | None
     status: str
+    disposition: str | None
     end_reason: str | None
     started_at: datetime
     ended_at: datetime | None
     duration_ms: int | None
+    cost_micros: int | None
+    cost_usd: float | None
+    price_version: str | None
+    transferred: bool
+    opted_out: bool
+    turns: int | None
+    latency_p50_ms: int | None
+    latency_p95_ms: int | None
+    redacted: bool
+    transcript_purged_at: datetime | None
 
 
 class Segment(BaseModel):
@@ -36,59 +57,165 @@ class Segment(BaseModel):
     interrupted: bool
 
 
-class ToolOut(BaseModel):
-    seq: int
-    name: str
-    tool_call_id: str | None
-    arguments: dict[str, Any] | None
-    status: str
-    output: str | None
-    offset_ms: int | None
-
-
-class EventOut(BaseModel):
-    kind: str
-    detail: dict[str, Any]
-    offset_ms: int | None
-    created_at: datetime
+class CallMatch(CallSummary):
+    matches: list[Segment] | None = None  # with q: the lines that matched (up to 3)
 
 
 class CallDetail(CallSummary):
     usage: dict[str, Any] | None
     transcript: list[Segment]
-    tools: list[ToolOut]
-    events: list[EventOut]
+    tools: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    costs: list[dict[str, Any]]
+    turn_latencies_ms: list[int | None]
+    dial_decisions: list[dict[str, Any]]
+    budget_enforcements: list[dict[str, Any]]
 
 
 class CallPage(BaseModel):
-    items: list[CallSummary]
-    total: int
+    items: list[CallMatch]
+    next_cursor: str | None
     limit: int
-    offset: int
+    sort: str
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = request.state.principal
+    return principal
+
+
+def call_filter(
+    started_from: Annotated[datetime | None, Query(description="calls started at or after (ISO 8601)")] = None,
+    started_to: Annotated[datetime | None, Query(description="calls started before (ISO 8601)")] = None,
+    direction: Annotated[Literal["inbound", "outbound"] | None, Query()] = None,
+    number: Annotated[str | None, Query(description="caller or callee, E.164", pattern=r"^\+[1-9]\d{1,14}$")] = None,
+    campaign_id: Annotated[int | None, Query(ge=1)] = None,
+    disposition: Annotated[list[str] | None, Query(description=f"any of {', '.join(DISPOSITIONS)}")] = None,
+    min_duration_s: Annotated[float | None, Query(ge=0)] = None,
+    max_duration_s: Annotated[float | None, Query(ge=0)] = None,
+    min_cost_usd: Annotated[float | None, Query(ge=0)] = None,
+    max_cost_usd: Annotated[float | None, Query(ge=0)] = None,
+    transferred: Annotated[bool | None, Query()] = None,
+    opted_out: Annotated[bool | None, Query()] = None,
+    q: Annotated[str | None, Query(description='words, "a phrase", -excluded; all in one line of the call')] = None,
+) -> CallFilter:
+    unknown = sorted(set(disposition or ()) - set(DISPOSITIONS))
+    if unknown:
+        raise ProblemError(400, "Bad filter", f"unknown disposition(s) {unknown}; one of {list(DISPOSITIONS)}")
+    if started_from and started_to and started_to <= started_from:
+        raise ProblemError(400, "Bad filter", "started_to must be after started_from")
+
+    def ms(seconds: float | None) -> int | None:
+        return None if seconds is None else round(seconds * 1000)
+
+    def micros(usd: float | None) -> int | None:
+        return None if usd is None else round(usd * 1_000_000)
+
+    return CallFilter(
+        started_from=started_from,
+        started_to=started_to,
+        direction=direction,
+        number=number,
+        campaign_id=campaign_id,
+        dispositions=tuple(disposition or ()),
+        min_duration_ms=ms(min_duration_s),
+        max_duration_ms=ms(max_duration_s),
+        min_cost_micros=micros(min_cost_usd),
+        max_cost_micros=micros(max_cost_usd),
+        transferred=transferred,
+        opted_out=opted_out,
+        q=q.strip() if q and q.strip() else None,
+    )
+
+
+FilterDep = Annotated[CallFilter, Depends(call_filter)]
+SortParam = Annotated[
+    str,
+    Query(
+        pattern=r"^-?(started_at|duration|cost)$",
+        description="started_at, duration or cost; '-' first for descending (default -started_at)",
+    ),
+]
 
 
 @router.get("", response_model=CallPage)
 async def list_calls(
+    request: Request,
     session: SessionDep,
+    filters: FilterDep,
+    sort: SortParam = "-started_at",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> CallPage:
-    rows, total = await service.list_calls(session, limit=limit, offset=offset)
-    items = [CallSummary.model_validate(r, from_attributes=True) for r in rows]
-    return CallPage(items=items, total=total, limit=limit, offset=offset)
+    principal = _principal(request)
+    if filters.q:
+        require_transcripts(request)  # matching lines are transcript content
+    try:
+        page = await search_calls(session, filters, sort=sort, cursor=cursor, limit=limit)
+    except BadQuery as exc:
+        raise ProblemError(400, "Bad query", str(exc)) from exc
+    items = []
+    for call in page.calls:
+        item = CallMatch.model_validate(review.summary(call))
+        if filters.q:
+            item.matches = [Segment.model_validate(s, from_attributes=True) for s in page.matches.get(call.id, [])]
+        items.append(item)
+    if filters.q:
+        await review.audit(session, principal, "search", detail={"filters": filters.as_dict(), "results": len(items)})
+    return CallPage(items=items, next_cursor=page.next_cursor, limit=limit, sort=sort)
 
 
-@router.get("/{call_sid}", response_model=CallDetail)
-async def get_call(call_sid: str, session: SessionDep) -> CallDetail:
-    call = await service.get_call(session, call_sid=call_sid)
-    if call is None:
+@router.get("/export", dependencies=[Depends(require_transcripts)])
+async def export_calls(
+    request: Request,
+    session: SessionDep,
+    filters: FilterDep,
+    format: Annotated[Literal["csv", "json"], Query()] = "csv",
+    lines: Annotated[bool, Query(description="a row per transcript line (CSV), or transcripts inline (JSON)")] = False,
+    sort: SortParam = "-started_at",
+) -> StreamingResponse:
+    """A whole search result, streamed (constant memory whatever its size)."""
+    try:
+        if filters.q:
+            parse_query(filters.q)  # a bad search fails here, not halfway through the stream
+    except BadQuery as exc:
+        raise ProblemError(400, "Bad query", str(exc)) from exc
+    await review.audit(
+        session, _principal(request), "export_search",
+        detail={"filters": filters.as_dict(), "format": format, "lines": lines, "sort": sort},
+    )  # fmt: skip
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return StreamingResponse(
+        review.export_search(request.app.state.runtime.sessionmaker, filters, sort=sort, fmt=format, lines=lines),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="calls-{stamp}.{format}"'},
+    )
+
+
+@router.get("/{call_sid}", response_model=CallDetail, dependencies=[Depends(require_transcripts)])
+async def get_call(call_sid: str, request: Request, session: SessionDep) -> CallDetail:
+    view = await review.load_call(session, call_sid)
+    if view is None:
         raise ProblemError(404, "Call not found", f"No archived call {call_sid}.")
-    events = await service.get_call_events(session, call_sid=call_sid)
-    summary = CallSummary.model_validate(call, from_attributes=True)
-    return CallDetail(
-        **summary.model_dump(),
-        usage=call.usage,
-        transcript=[Segment.model_validate(s, from_attributes=True) for s in call.segments],
-        tools=[ToolOut.model_validate(t, from_attributes=True) for t in call.tools],
-        events=[EventOut.model_validate(e, from_attributes=True) for e in events],
+    detail = CallDetail.model_validate(view.as_dict())
+    await review.audit(session, _principal(request), "read_call", target=call_sid)
+    return detail
+
+
+@router.get("/{call_sid}/export", dependencies=[Depends(require_transcripts)])
+async def export_call(
+    call_sid: str,
+    request: Request,
+    session: SessionDep,
+    format: Annotated[Literal["csv", "json"], Query()] = "json",
+) -> Response:
+    view = await review.load_call(session, call_sid)
+    if view is None:
+        raise ProblemError(404, "Call not found", f"No archived call {call_sid}.")
+    body: str | bytes = review.call_csv(view) if format == "csv" else review.call_json(view)
+    await review.audit(session, _principal(request), "export_call", target=call_sid, detail={"format": format})
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
+    return Response(
+        body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{call_sid}.{format}"'}
     )

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
+from app.archive.facts import call_facts
 from app.archive.models import Call, CallEvent, ToolInvocation, TranscriptSegment
 from app.core.bridge import TranscriptLine
 
@@ -82,6 +83,10 @@ class CallRecord:
     usage: dict[str, Any] | None = None
     lines: list[TranscriptLine] = field(default_factory=list)
     events: list[CallEventRecord] = field(default_factory=list)
+    campaign_id: int | None = None
+    cost_micros: int | None = None
+    price_version: str | None = None
+    redacted: bool = False
 
 
 async def archive_call(sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord) -> bool:
@@ -103,7 +108,18 @@ async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: C
         duration = (
             int((record.ended_at - record.started_at).total_seconds() * 1000) if record.ended_at is not None else None
         )
+        facts = call_facts(record.status, ((e.kind, e.detail) for e in record.events))
         call = Call(
+            campaign_id=record.campaign_id,
+            cost_micros=record.cost_micros,
+            price_version=record.price_version,
+            redacted=record.redacted,
+            disposition=facts.disposition,
+            transferred=facts.transferred,
+            opted_out=facts.opted_out,
+            turns=facts.turns,
+            latency_p50_ms=facts.latency_p50_ms,
+            latency_p95_ms=facts.latency_p95_ms,
             call_sid=record.call_sid,
             stream_sid=record.stream_sid,
             direction=record.direction,

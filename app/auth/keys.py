@@ -29,11 +29,19 @@ class Role(StrEnum):
     supervisor = "supervisor"
 
 
+GRANTS = ("transcripts",)  # "transcripts": an ops key may read transcripts (supervisors and admins always may)
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     key_id: str
     role: Role
     name: str
+    grants: frozenset[str] = frozenset()
+
+    @property
+    def reads_transcripts(self) -> bool:
+        return self.role in (Role.admin, Role.supervisor) or "transcripts" in self.grants
 
 
 def _hash(secret: str) -> str:
@@ -48,11 +56,18 @@ def _split(token: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
-async def create_api_key(session: AsyncSession, *, role: Role, name: str, now: datetime) -> str:
+async def create_api_key(
+    session: AsyncSession, *, role: Role, name: str, now: datetime, grants: tuple[str, ...] = ()
+) -> str:
     """Store a new key and return its plaintext (shown once)."""
+    unknown = sorted(set(grants) - set(GRANTS))
+    if unknown:
+        raise ValueError(f"unknown grant(s) {unknown}; known: {list(GRANTS)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    session.add(ApiKey(key_id=key_id, key_hash=_hash(secret), role=role.value, name=name, created_at=now))
+    session.add(
+        ApiKey(key_id=key_id, key_hash=_hash(secret), role=role.value, name=name, created_at=now, grants=sorted(grants))
+    )
     await session.commit()
     return f"sb_{key_id}_{secret}"
 
@@ -65,7 +80,7 @@ async def authenticate(session: AsyncSession, token: str) -> Principal | None:
     row = (await session.execute(select(ApiKey).where(ApiKey.key_id == key_id))).scalar_one_or_none()
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, _hash(secret)):
         return None
-    return Principal(row.key_id, Role(row.role), row.name)
+    return Principal(row.key_id, Role(row.role), row.name, frozenset(row.grants or ()))
 
 
 def require_role(*allowed: Role) -> Callable[[Request, AsyncSession], Awaitable[Principal]]:
@@ -94,3 +109,15 @@ def require_role(*allowed: Role) -> Callable[[Request, AsyncSession], Awaitable[
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def require_transcripts(request: Request) -> Principal:
+    """After require_role: 403 unless the key may read transcripts."""
+    principal: Principal = request.state.principal
+    if not principal.reads_transcripts:
+        raise ProblemError(
+            403,
+            "Forbidden",
+            f"Role {principal.role.value!r} may not read transcripts without the 'transcripts' grant.",
+        )
+    return principal

@@ -66,6 +66,15 @@ async def archive_live_call(
         dataclasses.replace(line, seq=seq)
         for seq, line in enumerate(sorted(by_identity.values(), key=lambda line: (line.offset_ms, line.seq)), start=1)
     ]
+    redact = rt.redact
+    if redact is not None:  # lines that never reached Redis are still the originals
+        ordered = [dataclasses.replace(line, text=redact(line.text)) for line in ordered]
+    cost: int | None = None
+    try:
+        cost = await rt.budget.ledger.call_total(call_sid)
+    except (RedisError, OSError) as exc:
+        log.warning("archive.cost_unavailable", call_sid=call_sid, error=repr(exc))
+    campaign = meta.get("campaign_id")
     merged_events = {key: event_from_dict(d) for key, d in stored_events.items()}
     merged_events.update(events or {})
     started = meta.get("started_at_ms")
@@ -82,6 +91,10 @@ async def archive_live_call(
         usage=usage,
         lines=ordered,
         events=sorted(merged_events.values(), key=lambda e: e.at),
+        campaign_id=int(campaign) if campaign else None,
+        cost_micros=cost,
+        price_version=rt.budget.prices.version,
+        redacted=redact is not None,
     )
     archived = await archive_call(rt.sessionmaker, record)
     try:

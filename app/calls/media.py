@@ -12,6 +12,7 @@ age limit (caller audio is held meanwhile and replayed), and the archive at the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -556,7 +557,9 @@ class CallSession:
                     except ConnectionClosed:
                         pass  # the reader sees the loss; the bridge re-sends recent audio to the next session
             elif kind is SaveTranscript:
-                self.live.line(command.line)  # type: ignore[union-attr]
+                line = command.line  # type: ignore[union-attr]
+                redact = self.rt.redact
+                self.live.line(dataclasses.replace(line, text=redact(line.text)) if redact else line)
             elif kind is RecordCallEvent:
                 self._on_call_event(command)  # type: ignore[arg-type]
             elif kind is RunTool:

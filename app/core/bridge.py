@@ -256,6 +256,7 @@ class CallBridge:
         self.ended = False
         self.wrapping_up = False
         self._response_token_limit: int | None = None
+        self._turn_stopped_ms: int | None = None
         self.agent_bytes_out = 0
 
         self._dispatch: dict[type, Callable[[Any, int], list[Command]]] = {
@@ -446,6 +447,11 @@ class CallBridge:
                 out.append(SendToTwilio(twilio.media(chunk)))
                 out.append(SendToTwilio(twilio.mark(self.playback.audio_sent(ev.item_id, step))))
             del buf[:n]
+            if self._turn_stopped_ms is not None:  # once per turn: the first agent audio after the caller stopped
+                out.append(
+                    RecordCallEvent("turn_latency", {"ms": now_ms - self._turn_stopped_ms, "item_id": ev.item_id})
+                )
+                self._turn_stopped_ms = None
         return out
 
     def _flush_agent_audio(self, out: list[Command]) -> None:
@@ -535,6 +541,7 @@ class CallBridge:
 
     def _on_speech_stopped(self, ev: rt.SpeechStopped, now_ms: int) -> list[Command]:
         self.caller_speaking = False
+        self._turn_stopped_ms = now_ms  # the turn's latency runs until its answer's first audio goes out
         return []
 
     def _on_speech_started(self, ev: rt.SpeechStarted, now_ms: int) -> list[Command]:

@@ -427,3 +427,19 @@ def test_after_a_loss_a_question_already_transcribed_is_answered_by_the_new_sess
     bridge.handle(UpstreamLost("closed 1006"), 40)
     sent = [e["type"] for e in realtime(bridge.handle(UpstreamReady(), 50))]
     assert "response.create" in sent and sent.index("response.create") < sent.index("input_audio_buffer.append")
+
+
+def test_turn_latency_runs_from_the_caller_stopping_to_the_answers_first_audio_once() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    assert not [
+        c for c in deliver_audio(bridge, "resp_greet", "item_g", 4800, 10) if getattr(c, "kind", "") == "turn_latency"
+    ]
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 20)
+    bridge.handle(rt.SpeechStarted(0, "item_c"), 1_000)
+    bridge.handle(rt.SpeechStopped(900, "item_c"), 1_900)
+    bridge.handle(rt.ResponseCreated("resp_2"), 2_000)
+    first = of(deliver_audio(bridge, "resp_2", "item_a", 4800, 2_250), RecordCallEvent)
+    later = of(deliver_audio(bridge, "resp_2", "item_a", 4800, 2_300), RecordCallEvent)
+    assert [(e.kind, e.detail["ms"]) for e in first if e.kind == "turn_latency"] == [("turn_latency", 350)]
+    assert [e for e in later if e.kind == "turn_latency"] == []

@@ -1,0 +1,256 @@
+"""Finding archived calls: filters, full-text search over transcripts, keyset (cursor) pagination.
+
+Full-text search uses what each database does best: PostgreSQL's tsvector (a generated column with a
+GIN index, queried with ``websearch_to_tsquery``), and on SQLite an FTS5 table kept by triggers. Both
+get the same query language: words must all occur in one line of the call, a "quoted phrase" must
+occur as written, and ``-word`` excludes lines with that word.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, text, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.archive.models import Call, TranscriptSegment
+
+SORTS = {
+    "started_at": Call.started_at,
+    "duration": Call.duration_ms,
+    "cost": Call.cost_micros,
+}
+MAX_QUERY_CHARS = 200
+
+
+class BadQuery(ValueError):
+    """A filter or cursor a caller sent that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallFilter:
+    started_from: datetime | None = None
+    started_to: datetime | None = None
+    direction: str | None = None
+    number: str | None = None  # the caller's or the callee's number, E.164
+    campaign_id: int | None = None
+    dispositions: tuple[str, ...] = ()
+    min_duration_ms: int | None = None
+    max_duration_ms: int | None = None
+    min_cost_micros: int | None = None
+    max_cost_micros: int | None = None
+    transferred: bool | None = None
+    opted_out: bool | None = None
+    q: str | None = None  # a phrase said in the call
+
+    def as_dict(self) -> dict[str, Any]:
+        """The filters set, for an audit entry."""
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is None or value == ():
+                continue
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    calls: list[Call]
+    next_cursor: str | None
+    matches: dict[int, list[TranscriptSegment]] = field(default_factory=dict)  # call id -> matching lines
+
+
+# -- the query language ---------------------------------------------------------------------------
+
+_TOKEN = re.compile(r'(-?)"([^"]*)"|(-?)(\S+)')
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    words: tuple[str, ...]  # one word, or a phrase
+    negated: bool = False
+
+
+def parse_query(q: str) -> list[Term]:
+    """Split a search into terms: words, "quoted phrases", and ``-excluded`` ones. Punctuation inside a
+    word splits it (so ``o'clock`` is the phrase "o clock"). Raises BadQuery for nothing to look for."""
+    if len(q) > MAX_QUERY_CHARS:
+        raise BadQuery(f"the search is {len(q)} characters; at most {MAX_QUERY_CHARS}")
+    terms: list[Term] = []
+    for match in _TOKEN.finditer(q):
+        negated = bool(match.group(1) or match.group(3))
+        body = match.group(2) if match.group(2) is not None else match.group(4)
+        words = tuple(w.lower() for w in _WORD.findall(body))
+        if words:
+            terms.append(Term(words, negated))
+    if not any(not t.negated for t in terms):
+        raise BadQuery("the search has no word to look for")
+    return terms
+
+
+def fts5_query(terms: Sequence[Term]) -> str:
+    """The FTS5 MATCH expression: every term quoted (no operator injection), phrases kept whole."""
+    positive = [f'"{" ".join(t.words)}"' for t in terms if not t.negated]
+    negative = [f'"{" ".join(t.words)}"' for t in terms if t.negated]
+    expression = " AND ".join(positive)
+    for term in negative:
+        expression = f"{expression} NOT {term}"
+    return expression
+
+
+def websearch_query(terms: Sequence[Term]) -> str:
+    """The same terms in ``websearch_to_tsquery`` syntax, rebuilt from plain words (no stray operators)."""
+    parts = []
+    for t in terms:
+        body = f'"{" ".join(t.words)}"' if len(t.words) > 1 else t.words[0]
+        parts.append(f"-{body}" if t.negated else body)
+    return " ".join(parts)
+
+
+# -- cursors --------------------------------------------------------------------------------------
+
+
+def encode_cursor(sort: str, value: Any, call_id: int) -> str:
+    raw = orjson.dumps([sort, value.isoformat() if isinstance(value, datetime) else value, call_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        got_sort, value, call_id = orjson.loads(raw)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
+        raise BadQuery("the cursor is not one this API gave out") from exc
+    if got_sort != sort or not isinstance(call_id, int):
+        raise BadQuery(f"the cursor belongs to another sort order ({got_sort!r}, not {sort!r})")
+    if sort.lstrip("-") == "started_at":
+        try:
+            value = datetime.fromisoformat(value)
+        except (TypeError, ValueError) as exc:
+            raise BadQuery("the cursor is not one this API gave out") from exc
+    elif not isinstance(value, int):
+        raise BadQuery("the cursor is not one this API gave out")
+    return value, call_id
+
+
+# -- the query ------------------------------------------------------------------------------------
+
+
+def _sort_column(sort: str) -> tuple[ColumnElement[Any], bool]:
+    descending = sort.startswith("-")
+    name = sort.lstrip("-")
+    if name not in SORTS:
+        raise BadQuery(f"unknown sort {name!r}; one of {sorted(SORTS)}, '-' first for descending")
+    column: ColumnElement[Any] = SORTS[name]  # type: ignore[assignment]
+    # NULL durations and costs (a call still being archived) sort as -1: keyset needs a total order.
+    key: ColumnElement[Any] = column if name == "started_at" else func.coalesce(column, -1)
+    return key, descending
+
+
+def _text_match(dialect: str, terms: Sequence[Term]) -> ColumnElement[bool]:
+    if dialect == "postgresql":
+        matching = select(TranscriptSegment.call_id).where(
+            text("transcript_segments.tsv @@ websearch_to_tsquery('english', :wq)").bindparams(
+                wq=websearch_query(terms)
+            )
+        )
+    else:
+        matching = select(TranscriptSegment.call_id).where(
+            TranscriptSegment.id.in_(
+                text("SELECT rowid FROM transcript_fts WHERE transcript_fts MATCH :fq").bindparams(fq=fts5_query(terms))
+            )
+        )
+    return Call.id.in_(matching)
+
+
+def build_query(dialect: str, filters: CallFilter, *, sort: str, cursor: str | None, limit: int) -> Select[Any]:
+    key, descending = _sort_column(sort)
+    where: list[ColumnElement[bool]] = []
+    f = filters
+    if f.started_from is not None:
+        where.append(Call.started_at >= f.started_from)
+    if f.started_to is not None:
+        where.append(Call.started_at < f.started_to)
+    if f.direction is not None:
+        where.append(Call.direction == f.direction)
+    if f.number is not None:
+        where.append(or_(Call.from_number == f.number, Call.to_number == f.number))
+    if f.campaign_id is not None:
+        where.append(Call.campaign_id == f.campaign_id)
+    if f.dispositions:
+        where.append(Call.disposition.in_(f.dispositions))
+    if f.min_duration_ms is not None:
+        where.append(Call.duration_ms >= f.min_duration_ms)
+    if f.max_duration_ms is not None:
+        where.append(Call.duration_ms <= f.max_duration_ms)
+    if f.min_cost_micros is not None:
+        where.append(Call.cost_micros >= f.min_cost_micros)
+    if f.max_cost_micros is not None:
+        where.append(Call.cost_micros <= f.max_cost_micros)
+    if f.transferred is not None:
+        where.append(Call.transferred == (true() if f.transferred else false()))
+    if f.opted_out is not None:
+        where.append(Call.opted_out == (true() if f.opted_out else false()))
+    if f.q:
+        where.append(_text_match(dialect, parse_query(f.q)))
+    if cursor is not None:
+        value, call_id = decode_cursor(cursor, sort)
+        if descending:
+            where.append(or_(key < value, and_(key == value, Call.id < call_id)))
+        else:
+            where.append(or_(key > value, and_(key == value, Call.id > call_id)))
+    order = [key.desc(), Call.id.desc()] if descending else [key.asc(), Call.id.asc()]
+    return select(Call).where(*where).order_by(*order).limit(limit + 1)
+
+
+async def search_calls(
+    session: AsyncSession, filters: CallFilter, *, sort: str = "-started_at", cursor: str | None = None, limit: int = 50
+) -> Page:
+    dialect = session.get_bind().dialect.name
+    rows: list[Call] = list(await session.scalars(build_query(dialect, filters, sort=sort, cursor=cursor, limit=limit)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        name = sort.lstrip("-")
+        value = last.started_at if name == "started_at" else getattr(last, SORTS[name].key)
+        next_cursor = encode_cursor(sort, value if value is not None else -1, last.id)
+    matches: dict[int, list[TranscriptSegment]] = {}
+    if filters.q and rows:
+        matches = await matching_lines(session, dialect, parse_query(filters.q), [r.id for r in rows])
+    return Page(rows, next_cursor, matches)
+
+
+async def matching_lines(
+    session: AsyncSession, dialect: str, terms: Sequence[Term], call_ids: list[int], per_call: int = 3
+) -> dict[int, list[TranscriptSegment]]:
+    """Up to ``per_call`` lines of each call that match the search, in call order."""
+    query = select(TranscriptSegment).where(TranscriptSegment.call_id.in_(call_ids))
+    if dialect == "postgresql":
+        query = query.where(
+            text("transcript_segments.tsv @@ websearch_to_tsquery('english', :wq)").bindparams(
+                wq=websearch_query(terms)
+            )
+        )
+    else:
+        query = query.where(
+            TranscriptSegment.id.in_(
+                text("SELECT rowid FROM transcript_fts WHERE transcript_fts MATCH :fq").bindparams(fq=fts5_query(terms))
+            )
+        )
+    out: dict[int, list[TranscriptSegment]] = {}
+    for segment in await session.scalars(query.order_by(TranscriptSegment.call_id, TranscriptSegment.seq)):
+        lines = out.setdefault(segment.call_id, [])
+        if len(lines) < per_call:
+            lines.append(segment)
+    return out

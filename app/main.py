@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -17,6 +18,7 @@ from app.adapters.call_store import CallStore
 from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
 from app.archive.redaction import redactor
+from app.archive.retention import run_retention
 from app.archive.router import router as calls_router
 from app.budget.ledger import BudgetLedger
 from app.budget.router import router as budget_router
@@ -110,6 +112,14 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
             in_process = runtime.engine.dialect.name == "sqlite"  # one node: it may be the single claimant
         if in_process:
             background.append(asyncio.create_task(Dialer(runtime).run_forever(), name="dialer"))
+        if settings.transcript_retention_days is not None:
+            retention = run_retention(
+                runtime.sessionmaker,
+                days=settings.transcript_retention_days,
+                interval_s=settings.retention_interval_s,
+                clock=lambda: datetime.now(UTC),
+            )
+            background.append(asyncio.create_task(retention, name="transcript-retention"))
         if settings.openai_api_key is None and "api.openai.com" in settings.openai_realtime_url:
             log.warning(
                 "openai.no_api_key", detail="OPENAI_API_KEY unset: calls will fail; run scripts/dev for the emulator"

@@ -38,9 +38,11 @@ def summary(call: Call) -> dict[str, Any]:
     return out
 
 
-def line(call_sid: str, segment: TranscriptSegment) -> dict[str, Any]:
+def line(call_sid: str | None, segment: TranscriptSegment) -> dict[str, Any]:
+    """A transcript line; with ``call_sid`` (CSV rows) it says which call it belongs to."""
+    head = {"call_sid": call_sid} if call_sid is not None else {}
     return {
-        "call_sid": call_sid,
+        **head,
         "seq": segment.seq,
         "offset_ms": segment.offset_ms,
         "speaker": segment.speaker,
@@ -64,7 +66,7 @@ class CallView:
         return {
             **summary(call),
             "usage": call.usage,
-            "transcript": [line(call.call_sid, s) for s in call.segments],
+            "transcript": [line(None, s) for s in call.segments],
             "tools": [
                 {
                     "seq": t.seq,
@@ -230,7 +232,7 @@ async def _export_pages(
             else:
                 item = summary(call)
                 if lines:
-                    item["transcript"] = [line(call.call_sid, s) for s in segments.get(call.id, [])]
+                    item["transcript"] = [line(None, s) for s in segments.get(call.id, [])]
                 chunk.append((b"" if first else b",") + _json(item))
                 first = False
         session.expunge_all()  # keep memory flat across pages

@@ -1,7 +1,7 @@
 """Finding archived calls: filters, full-text search over transcripts, keyset (cursor) pagination.
 
 Full-text search uses what each database does best: PostgreSQL's tsvector (a generated column with a
-GIN index, queried with ``websearch_to_tsquery``), and on SQLite an FTS5 table kept by triggers. Both
+GIN index, queried with plainto/phraseto_tsquery), and on SQLite an FTS5 table kept by triggers. Both
 get the same query language: words must all occur in one line of the call, a "quoted phrase" must
 occur as written, and ``-word`` excludes lines with that word.
 """
@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, text, true
+from sqlalchemy import ColumnElement, Select, TextClause, and_, false, func, or_, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.archive.models import Call, TranscriptSegment
@@ -107,13 +107,17 @@ def fts5_query(terms: Sequence[Term]) -> str:
     return expression
 
 
-def websearch_query(terms: Sequence[Term]) -> str:
-    """The same terms in ``websearch_to_tsquery`` syntax, rebuilt from plain words (no stray operators)."""
+def tsquery_match(terms: Sequence[Term]) -> TextClause:
+    """``transcript_segments.tsv @@ <tsquery>`` for PostgreSQL: words through plainto_tsquery, phrases
+    through phraseto_tsquery, joined with && and negated with !!, every word a bound parameter (so no
+    word of a search is ever read as an operator, "or" included)."""
     parts = []
-    for t in terms:
-        body = f'"{" ".join(t.words)}"' if len(t.words) > 1 else t.words[0]
-        parts.append(f"-{body}" if t.negated else body)
-    return " ".join(parts)
+    params = {}
+    for i, t in enumerate(terms):
+        maker = "phraseto_tsquery" if len(t.words) > 1 else "plainto_tsquery"
+        parts.append(f"{'!!' if t.negated else ''}{maker}('english', :fts_{i})")
+        params[f"fts_{i}"] = " ".join(t.words)
+    return text(f"transcript_segments.tsv @@ ({' && '.join(parts)})").bindparams(**params)
 
 
 # -- cursors --------------------------------------------------------------------------------------
@@ -158,11 +162,7 @@ def _sort_column(sort: str) -> tuple[ColumnElement[Any], bool]:
 
 def _text_match(dialect: str, terms: Sequence[Term]) -> ColumnElement[bool]:
     if dialect == "postgresql":
-        matching = select(TranscriptSegment.call_id).where(
-            text("transcript_segments.tsv @@ websearch_to_tsquery('english', :wq)").bindparams(
-                wq=websearch_query(terms)
-            )
-        )
+        matching = select(TranscriptSegment.call_id).where(tsquery_match(terms))
     else:
         matching = select(TranscriptSegment.call_id).where(
             TranscriptSegment.id.in_(
@@ -237,11 +237,7 @@ async def matching_lines(
     """Up to ``per_call`` lines of each call that match the search, in call order."""
     query = select(TranscriptSegment).where(TranscriptSegment.call_id.in_(call_ids))
     if dialect == "postgresql":
-        query = query.where(
-            text("transcript_segments.tsv @@ websearch_to_tsquery('english', :wq)").bindparams(
-                wq=websearch_query(terms)
-            )
-        )
+        query = query.where(tsquery_match(terms))
     else:
         query = query.where(
             TranscriptSegment.id.in_(

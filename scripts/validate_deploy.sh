@@ -217,8 +217,12 @@ for name in ("redis", "postgres", "app"):
 drain = int(svc["app"]["environment"]["DRAIN_DEADLINE_S"])
 grace = svc["app"]["stop_grace_period"]
 grace_s = int(re.fullmatch(r"(\d+)s", grace).group(1))
-assert grace_s > drain, f"stop_grace_period {grace} must exceed DRAIN_DEADLINE_S {drain}"
-print(f"ok: 5 services, app/dialer wait for migrate, env parses with Settings, grace {grace_s}s > drain {drain}s")
+try:
+    from app.calls.drain import HANDOVER_WAIT_S as handover_s
+except ImportError:  # before the drain landed in the app
+    handover_s = 15
+assert grace_s >= drain + handover_s + 5, f"stop_grace_period {grace} < DRAIN_DEADLINE_S {drain} + hand-over {handover_s} + 5"
+print(f"ok: 5 services, app/dialer wait for migrate, env parses with Settings, grace {grace_s}s >= drain {drain}s + hand-over {handover_s:g}s + 5s")
 EOF
 
 # ------------------------------------------------------------------------------------ k8s
@@ -276,7 +280,12 @@ pre = c["lifecycle"]["preStop"]["exec"]["command"]
 pre_s = int(pre[1]) if pre[0] == "sleep" else 0
 drain = int(env["DRAIN_DEADLINE_S"])
 grace = app["terminationGracePeriodSeconds"]
-assert grace > pre_s + drain, f"terminationGracePeriodSeconds {grace} <= preStop {pre_s} + DRAIN_DEADLINE_S {drain}"
+try:
+    from app.calls.drain import HANDOVER_WAIT_S as handover_s
+except ImportError:  # before the drain landed in the app
+    handover_s = 15
+assert grace >= pre_s + drain + handover_s + 5, (
+    f"terminationGracePeriodSeconds {grace} < preStop {pre_s} + DRAIN_DEADLINE_S {drain} + hand-over {handover_s} + 5")
 for (kind, name), d in docs.items():
     if kind in ("Deployment", "Job"):
         pod = d["spec"]["template"]["spec"]
@@ -293,7 +302,7 @@ svc = docs["Service", "switchboard"]["spec"]["selector"]
 tmpl = docs["Deployment", "switchboard-app"]["spec"]["template"]["metadata"]["labels"]
 assert all(tmpl.get(k) == v for k, v in {**pdb, **svc}.items()), "PDB/Service selectors must match the app pods"
 print(f"ok: probes on {sorted(r for r in routes if r in ('/healthz', '/readyz'))}, HPA on gauge {pods_metric},"
-      f" grace {grace}s > preStop {pre_s}s + drain {drain}s, {len(env)} variables in ConfigMap + Secret")
+      f" grace {grace}s >= preStop {pre_s}s + drain {drain}s + hand-over {handover_s:g}s + 5s, {len(env)} variables in ConfigMap + Secret")
 EOF
 
 # ------------------------------------------------------------------------------------ metrics

@@ -28,6 +28,7 @@ from app.calls.media import router as media_router
 from app.calls.sweeper import run_sweeper
 from app.calls.tools import ToolRegistry, load_tool_modules
 from app.calls.webhooks import router as webhooks_router
+from app.console.router import router as console_router
 from app.core.bridge import BridgeConfig
 from app.core.realtime_events import SessionSettings
 from app.core.tools import greeting_instructions
@@ -150,6 +151,7 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
     app.include_router(calls_router)
     app.include_router(dialer_router)
     app.include_router(budget_router)
+    app.include_router(console_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

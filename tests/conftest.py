@@ -18,6 +18,7 @@ import pytest
 REDIS_URL_ENV = "SWITCHBOARD_TEST_REDIS_URL"
 POSTGRES_URL_ENV = "SWITCHBOARD_TEST_POSTGRES_URL"
 REDIS_SERVER_ENV = "SWITCHBOARD_TEST_REDIS_SERVER"
+CHROMIUM_ENV = "SWITCHBOARD_TEST_CHROMIUM"
 
 
 def _under_ci() -> bool:
@@ -54,10 +55,17 @@ def redis_server_bin() -> str:
     return _require_env(REDIS_SERVER_ENV, "redis-server binary")
 
 
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Path of Debian's chromium, which playwright drives in the browser tests (it downloads no browser)."""
+    return _require_env(CHROMIUM_ENV, "Chromium (Debian package chromium)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "redis: needs a real Redis server (redis_url fixture)")
     config.addinivalue_line("markers", "postgres: needs a real PostgreSQL server (postgres_url fixture)")
     config.addinivalue_line("markers", "e2e: end-to-end test across several components")
+    config.addinivalue_line("markers", "browser: drives headless Chromium (chromium_path fixture)")
     if _under_ci() and not config.pluginmanager.has_plugin(_CISkipGuard.name):
         config.pluginmanager.register(_CISkipGuard(), _CISkipGuard.name)
 

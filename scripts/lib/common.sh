@@ -189,3 +189,19 @@ sb_wait_until() {
         sleep 0.1
     done
 }
+
+# ------------------------------------------------------------------- browser
+
+# Find Debian's chromium (the console's browser tests drive it through
+# playwright, which cannot download a browser of its own here), installing
+# the package if root. Sets SB_CHROMIUM. Returns 1 if it cannot be had.
+sb_ensure_chromium_binary() {
+    if ! command -v chromium >/dev/null 2>&1; then
+        sb_apt_install chromium || true
+    fi
+    SB_CHROMIUM="$(command -v chromium 2>/dev/null)" || {
+        SB_CHROMIUM=""
+        return 1
+    }
+    return 0
+}

@@ -142,6 +142,8 @@ def _safe_next(value: str | None) -> str:
 
 def _to_login(request: Request, *, reason: str | None) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method != "GET":
+        target = "/console"  # a form post is not replayed after sign-in
     query = f"next={quote(target, safe='/')}" + (f"&reason={reason}" if reason else "")
     response = RedirectResponse(f"/console/login?{query}", status_code=303, headers=HEADERS)
     if reason:
@@ -320,6 +322,7 @@ async def calls(
     request: Request,
     db: SessionDep,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
 ) -> Response:
     viewer = await _signed_in(request, db)
     if not isinstance(viewer, Viewer):
@@ -329,7 +332,7 @@ async def calls(
     errors = list(form.errors)
     page = None
     try:
-        page = await search_calls(db, form.filters, cursor=cursor or None, limit=PAGE_SIZE)
+        page = await search_calls(db, form.filters, cursor=cursor or None, limit=limit)
     except BadQuery as exc:
         errors.append(f"Search: {exc}.")
     if page is not None and form.filters.q:
@@ -347,7 +350,11 @@ async def calls(
         errors=errors,
         page=page,
         words=present.search_words(form.filters.q),
-        next_query=form.query(cursor=page.next_cursor) if page is not None and page.next_cursor else None,
+        next_query=(
+            form.query(limit=str(limit) if limit != PAGE_SIZE else "", cursor=page.next_cursor)
+            if page is not None and page.next_cursor
+            else None
+        ),
         export_query=form.query(),
     )
 

@@ -7,6 +7,7 @@ import html
 import io
 import re
 import secrets
+import time
 from http.cookies import SimpleCookie
 from pathlib import Path
 
@@ -368,6 +369,4 @@ async def test_live_json_shows_a_call_put_into_redis_through_the_call_store(tmp_
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

@@ -387,8 +387,8 @@ fi
 step "image: buildah build of deploy/Dockerfile"
 need_apt buildah buildah
 need_apt mmdebstrap mmdebstrap
-if ! "${BUILDAH[@]}" inspect --type image docker.io/library/python:3.11-slim >/dev/null 2>&1; then
-    if timeout 120 "${BUILDAH[@]}" pull -q docker.io/library/python:3.11-slim >"$WORK/pull.log" 2>&1; then
+if ! "${BUILDAH[@]}" inspect --type image python:3.11-slim >/dev/null 2>&1; then
+    if timeout 120 "${BUILDAH[@]}" pull -q python:3.11-slim >"$WORK/pull.log" 2>&1; then
         ok "pulled python:3.11-slim"
     else
         echo "note: python:3.11-slim cannot be pulled here: $(tail -n 1 "$WORK/pull.log")"
@@ -402,7 +402,7 @@ if ! "${BUILDAH[@]}" inspect --type image docker.io/library/python:3.11-slim >/d
         tar -C "$("${BUILDAH[@]}" mount "$base")" -xf "$WORK/standin.tar"
         "${BUILDAH[@]}" config --env PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin \
             --env LANG=C.UTF-8 --cmd python3 "$base"
-        "${BUILDAH[@]}" commit -q "$base" docker.io/library/python:3.11-slim >/dev/null
+        "${BUILDAH[@]}" commit -q "$base" localhost/python:3.11-slim >/dev/null
         "${BUILDAH[@]}" rm "$base" >/dev/null
         rm -f "$WORK/standin.tar"
     fi

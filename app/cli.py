@@ -34,14 +34,18 @@ def serve(
     where: dict[str, object] = (
         {"fd": fd} if fd is not None else {"host": host or settings.host, "port": port or settings.port}
     )
-    uvicorn.run(
-        create_app(settings),
+    from app.calls.drain import DrainingServer
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         **where,  # type: ignore[arg-type]
         ws_max_size=2 * 1024 * 1024,
         ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
         access_log=False,
     )
+    DrainingServer(config, app, settings.drain_deadline_s).run()
 
 
 @cli.command()

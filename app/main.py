@@ -160,6 +160,11 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
     @app.get("/readyz", tags=["ops"])
     async def readyz(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
+        if runtime.draining:
+            return problem_response(
+                503, "Draining", "This node is shutting down: new calls go to other nodes.", "/readyz",
+                active_calls=len(runtime.sessions),
+            )  # fmt: skip
         checks: dict[str, str] = {}
         try:
             async with asyncio.timeout(2):

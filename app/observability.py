@@ -69,6 +69,10 @@ class Metrics:
             "switchboard_upstream_failures", "Calls given up after the reconnect deadline", registry=r
         )
         self.calls_resumed = Counter("switchboard_calls_resumed", "Streams that resumed a live call", registry=r)
+        self.calls_handed_over = Counter(
+            "switchboard_calls_handed_over", "Calls a draining node handed over to another node", registry=r
+        )
+        self.draining = Gauge("switchboard_draining", "1 while this node drains (not ready for new calls)", registry=r)
         self.streams_taken_over = Counter(
             "switchboard_streams_taken_over", "Streams closed because another stream took their call", registry=r
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -44,6 +46,9 @@ class Runtime:
     jurisdiction: Jurisdiction
     budget: Budget
     redact: Callable[[str], str] | None = None  # transcript redaction, when configured
+    sessions: dict[str, Any] = field(default_factory=dict)  # call sid -> its CallSession on this node
+    draining: bool = False  # SIGTERM received: not ready; active calls finish or are handed over
+    sessions_changed: asyncio.Event = field(default_factory=asyncio.Event)  # set when a session ends
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}")
 
 

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     orphan_grace_s: float = 30.0
 
     # Server
+    # On SIGTERM: not ready at once; active calls may finish for this long, then the rest are handed
+    # over to other nodes through the resume path; then the process exits.
+    drain_deadline_s: float = Field(default=300.0, ge=0)
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"

@@ -121,13 +121,14 @@ def server_process(
         env=env,
         pass_fds=(sock.fileno(),),
     )
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()  # the server holds it now; once that process is gone, connecting is refused at once
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", proc
+        yield base, proc
     finally:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
-        sock.close()
 
 
 def sign(url: str, params: dict[str, str] | None = None, token: str = AUTH_TOKEN) -> str:

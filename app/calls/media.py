@@ -73,6 +73,8 @@ CLOSE_NORMAL = 1000
 CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_SERVICE_RESTART = 1012  # the node drains: Twilio follows the <Redirect>, the call resumes elsewhere
+HANDOVER_QUIET_WAIT_S = 5.0  # past the drain deadline, wait this long at most for a quiet moment
 
 START_TIMEOUT_S = 10.0
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0
@@ -127,12 +129,15 @@ class CallSession:
         self._ending = False
         self._rolling_over = False
         self._close_reason = "call ended"
+        self._close_code = CLOSE_NORMAL
         self._upstream_opened_at = 0.0
         self._meta: dict[str, Any] = {}
         self._metered_frames = 0
         self._metered_bytes_out = 0
         self._transcripts_settled = asyncio.Event()
         self._taken_over = asyncio.Event()
+        self._handover = asyncio.Event()  # set: detach so the call resumes on another node
+        self._handover_due: float | None = None  # loop time past which we hand over even mid-sentence
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def now_ms(self) -> int:
@@ -276,6 +281,7 @@ class CallSession:
         if resumed:
             rt.metrics.calls_resumed.inc()
         rt.metrics.calls_active.inc()
+        rt.sessions[start.call_sid] = self
         log.info(
             "call.stream_started", stream_sid=start.stream_sid, direction=direction, resumed=resumed, lines=len(lines)
         )
@@ -306,9 +312,10 @@ class CallSession:
         upstream = asyncio.create_task(self._upstream_supervisor(), name="upstream")
         ticker = asyncio.create_task(self._ticker(), name="ticker")
         taken = asyncio.create_task(self._taken_over.wait(), name="takeover")
-        pumps = [twilio, upstream, ticker, taken]
+        handover = asyncio.create_task(self._handover.wait(), name="handover")
+        pumps = [twilio, upstream, ticker, taken, handover]
         try:
-            done, _ = await asyncio.wait([twilio, upstream, taken], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([twilio, upstream, taken, handover], return_when=asyncio.FIRST_COMPLETED)
             if twilio in done and self._stopped and not upstream.done() and self.bridge.awaiting_transcription:
                 # The caller hung up right after speaking: let their last words' transcription land.
                 self._transcripts_settled.clear()
@@ -479,6 +486,30 @@ class CallSession:
             self._event("upstream_rollover", {"age_s": round(age)})
             self._spawn(upstream.close(), "rollover")
 
+    # -- drain: hand the call over to another node ---------------------------------------------
+
+    def request_handover(self) -> None:
+        """The node is draining and the deadline has passed: hand the call over at its next quiet
+        moment (nobody talking, nothing in flight), or within HANDOVER_QUIET_WAIT_S regardless."""
+        if self._handover_due is None and not self._handover.is_set():
+            self._handover_due = self._loop.time() + HANDOVER_QUIET_WAIT_S
+
+    def _maybe_hand_over(self) -> None:
+        due = self._handover_due
+        if due is None or self._handover.is_set() or self.bridge.ended:
+            return
+        quiet = self.bridge.quiet
+        if quiet or self._loop.time() >= due:
+            self.final = False  # the call goes on elsewhere: no archive here
+            self.end_reason = "handed over: node draining"
+            self._close_code, self._close_reason = (
+                CLOSE_SERVICE_RESTART,
+                "node draining: the call resumes on another node",
+            )
+            self._event("handed_over", {"node": self.rt.node_id, "quiet": quiet})
+            self.rt.metrics.calls_handed_over.inc()
+            self._handover.set()
+
     # -- lease and takeover ------------------------------------------------------------------
 
     def _on_taken_over(self, holder: str) -> None:
@@ -529,6 +560,8 @@ class CallSession:
             if bridge.greeted and not greeted:
                 greeted = True
                 self.live.meta({"greeted": True})
+            if self._handover_due is not None:
+                self._maybe_hand_over()
             if ticks % renew_every == 0:
                 await self._renew_lease()
             try:
@@ -728,6 +761,9 @@ class CallSession:
         bridge = self.bridge
         sid = self.start.call_sid
         rt.takeovers.unregister(sid)
+        if rt.sessions.get(sid) is self:
+            del rt.sessions[sid]
+            rt.sessions_changed.set()
         taken_over = self._taken_over.is_set()
         if taken_over:
             self.final = False
@@ -779,7 +815,7 @@ class CallSession:
                     pass
         await self.live.close()
         close_reason = "call taken over by another stream" if taken_over else self._close_reason
-        await self._close(CLOSE_POLICY if taken_over else CLOSE_NORMAL, close_reason)
+        await self._close(CLOSE_POLICY if taken_over else self._close_code, close_reason)
         log.info(
             "call.ended" if self.final else "call.stream_detached",
             status=self.status,

@@ -139,8 +139,8 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         database_url = f"sqlite+aiosqlite:///{tmp_path / 'review.db'}"
     settings = make_settings(tmp_path, realtime_url="ws://127.0.0.1:9/v1", database_url=database_url)
     postgres_url = settings.effective_database_url
-    # A window of its own, years away from any other test's calls.
-    base = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(days=random.randrange(100_000), microseconds=0)
+    # A window of its own, decades before any other test's calls (so never among the newest either).
+    base = datetime(1950, 1, 1, tzinfo=UTC) + timedelta(days=random.randrange(10_000), microseconds=0)
     word = "zq" + uuid.uuid4().hex[:8]
     sids, campaign = await seed(postgres_url, base, word)
     keys = {

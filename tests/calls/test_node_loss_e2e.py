@@ -87,4 +87,6 @@ async def test_a_call_survives_its_server_being_killed(tmp_path: Path, redis_url
     ]
     assert sum("Acme Dental" in text for _, text in lines) == 1
     kinds = [e["kind"] for e in record["events"]]
-    assert "stream_resumed" in kinds and "stream_took_over" in kinds
+    # "stream_took_over" too when the dead node's lease had not yet lapsed (6 s), which a slow machine
+    # may not manage: resuming must not depend on it.
+    assert "stream_resumed" in kinds and record["status"] == "completed"

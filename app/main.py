@@ -165,12 +165,14 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
                 503, "Draining", "This node is shutting down: new calls go to other nodes.", "/readyz",
                 active_calls=len(runtime.sessions),
             )  # fmt: skip
+        # Ready unless draining: calls are taken (and survive) with Redis or the database away, so a
+        # dependency outage must not take every node out of the load balancer. It shows as degraded.
         checks: dict[str, str] = {}
         try:
             async with asyncio.timeout(2):
                 await runtime.redis.ping()
             checks["redis"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        except Exception as exc:  # noqa: BLE001 - any failure is a degraded dependency
             checks["redis"] = f"error: {type(exc).__name__}"
         try:
             async with asyncio.timeout(2), runtime.engine.connect() as conn:
@@ -178,9 +180,8 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["database"] = f"error: {type(exc).__name__}"
-        if all(v == "ok" for v in checks.values()):
-            return JSONResponse({"status": "ready", "checks": checks})
-        return problem_response(503, "Not ready", "A dependency is unavailable.", "/readyz", checks=checks)
+        status = "ready" if all(v == "ok" for v in checks.values()) else "degraded"
+        return JSONResponse({"status": status, "checks": checks, "active_calls": len(runtime.sessions)})
 
     @app.get("/metrics", tags=["ops"])
     async def metrics(request: Request) -> Response:

@@ -7,7 +7,18 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+def _migrations_dir() -> Path:
+    """The repository's migrations/ in a checkout; the installed ``migrations`` package otherwise."""
+    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    import migrations  # shipped in the wheel beside app
+
+    return Path(next(iter(migrations.__path__)))
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def alembic_config(database_url: str) -> Config:

@@ -6,7 +6,7 @@ import logging
 import sys
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
@@ -33,6 +33,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         self.calls_started = Counter("switchboard_calls_started", "Media streams admitted", ["direction"], registry=r)
         self.calls_active = Gauge("switchboard_calls_active", "Media streams in progress", registry=r)
         self.calls_ended = Counter("switchboard_calls_ended", "Media streams ended", ["status"], registry=r)

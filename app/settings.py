@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_TWILIO_AUTH_TOKEN = "dev-twilio-auth-token"
 DEFAULT_INSTRUCTIONS = (
@@ -47,7 +48,7 @@ class Settings(BaseSettings):
     agent_instructions: str = DEFAULT_INSTRUCTIONS
     agent_voice: str = "marin"
     transfer_number: str | None = None
-    tool_modules: list[str] = Field(default_factory=list)
+    tool_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     tool_timeout_s: float = 8.0
 
     # Media stream
@@ -57,7 +58,7 @@ class Settings(BaseSettings):
     max_bad_frames: int = 50
 
     # Dialer
-    declared_emergency_states: list[str] = Field(default_factory=list)  # e.g. ["LA"]: no calls there
+    declared_emergency_states: Annotated[list[str], NoDecode] = Field(default_factory=list)  # e.g. LA: no calls there
     dialer_in_process: bool | None = None  # None: run the dialer inside serve on embedded defaults (SQLite)
 
     # Budget (USD; unset: no cap). Caps set over the API override these.
@@ -113,11 +114,25 @@ class Settings(BaseSettings):
         "price_table_file",
         "transcript_retention_days",
         "console_secret",
+        "openai_api_key",
+        "stream_token_secret",
+        "dialer_in_process",
         mode="before",
     )
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
+
+    @field_validator("tool_modules", "declared_emergency_states", mode="before")
+    @classmethod
+    def _list_from_env(cls, v: object) -> object:
+        """From the environment: a JSON list, or comma-separated names; empty means none."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return v
 
     @field_validator("redact_transcripts")
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from websockets.exceptions import ConnectionClosed
 
 from app.adapters.openai_realtime import RealtimeUpstream
@@ -74,7 +75,15 @@ CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVICE_RESTART = 1012  # the node drains: Twilio follows the <Redirect>, the call resumes elsewhere
-HANDOVER_QUIET_WAIT_S = 5.0  # past the drain deadline, wait this long at most for a quiet moment
+HANDOVER_QUIET_WAIT_S = 5.0
+OPT_OUT_RETRY_S = (
+    0.0,
+    0.5,
+    1.0,
+    2.0,
+    4.0,
+    6.0,
+)  # waits before each attempt: ~13.5 s in all  # past the drain deadline, wait this long at most for a quiet moment
 
 START_TIMEOUT_S = 10.0
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0
@@ -708,9 +717,22 @@ class CallSession:
         if phone is None:
             self._event("opt_out_failed", {"reason": "the call's number is unknown", "source": command.source})
             return
-        async with self.rt.sessionmaker() as session:
-            await revoke(session, phone=phone, reason=command.reason, source=command.source, now=datetime.now(UTC))
-            await session.commit()
+        # A database outage must not lose an opt-out: retry for about as long as a call's end waits.
+        for attempt, delay in enumerate(OPT_OUT_RETRY_S):
+            await asyncio.sleep(delay)
+            try:
+                async with self.rt.sessionmaker() as session:
+                    await revoke(
+                        session, phone=phone, reason=command.reason, source=command.source, now=datetime.now(UTC)
+                    )
+                    await session.commit()
+                break
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("call.opt_out_retry", attempt=attempt + 1, error=repr(exc))
+        else:
+            log.error("call.opt_out_not_recorded", source=command.source, phone=phone)
+            self._event("opt_out_failed", {"reason": "database unavailable", "source": command.source, "phone": phone})
+            return
         self._event("opted_out", {"phone": phone, "source": command.source, "reason": command.reason})
         log.info("call.opted_out", source=command.source)
 

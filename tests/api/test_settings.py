@@ -32,3 +32,19 @@ def test_an_unknown_audio_format_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AUDIO_FORMAT", "opus")
     with pytest.raises(ValidationError, match="audio_format"):
         Settings()
+
+
+def test_empty_values_mean_unset_and_lists_take_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An env file or a Kubernetes ConfigMap often carries every variable, some of them empty.
+    for name in ("OPENAI_API_KEY", "STREAM_TOKEN_SECRET", "DIALER_IN_PROCESS", "TOOL_MODULES",
+                 "DECLARED_EMERGENCY_STATES", "TRANSCRIPT_RETENTION_DAYS", "CONSOLE_SECRET"):  # fmt: skip
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert settings.openai_api_key is None and settings.stream_token_secret is None
+    assert settings.dialer_in_process is None and settings.tool_modules == []
+    assert settings.declared_emergency_states == [] and settings.transcript_retention_days is None
+    monkeypatch.setenv("TOOL_MODULES", "acme.tools, acme.more")
+    monkeypatch.setenv("DECLARED_EMERGENCY_STATES", "LA,FL")
+    settings = Settings()
+    assert settings.tool_modules == ["acme.tools", "acme.more"]
+    assert settings.declared_emergency_states == ["LA", "FL"]

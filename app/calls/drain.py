@@ -59,6 +59,8 @@ async def drain(rt: Runtime, *, deadline_s: float) -> DrainReport:
     for session in remaining:
         session.request_handover()
     await _wait_until_empty(rt, loop.time() + HANDOVER_WAIT_S)
+    if rt.sessions:
+        log.error("drain.calls_left", call_sids=sorted(rt.sessions))
     report = DrainReport(at_start, finished, len(remaining), len(rt.sessions))
     log.warning("drain.finished", **{k: getattr(report, k) for k in report.__slots__})
     return report

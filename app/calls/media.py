@@ -303,7 +303,12 @@ class CallSession:
             log.exception("call.failed")
             self.status, self.end_reason = "failed", f"internal error: {type(exc).__name__}"
         finally:
-            await self._finish(direction)
+            try:
+                await self._finish(direction)
+            finally:  # last, once the stream is closed: a drain waits for this, then the server stops
+                if rt.sessions.get(self.start.call_sid) is self:
+                    del rt.sessions[self.start.call_sid]
+                    rt.sessions_changed.set()
 
     async def _bridge_config(self, meta: dict[str, Any]) -> BridgeConfig:
         """The deployment's agent, or for an outbound campaign call, the campaign's."""
@@ -499,16 +504,18 @@ class CallSession:
 
     def request_handover(self) -> None:
         """The node is draining and the deadline has passed: hand the call over at its next quiet
-        moment (nobody talking, nothing in flight), or within HANDOVER_QUIET_WAIT_S regardless."""
+        moment (nobody talking, nothing in flight; the ticker looks), or in HANDOVER_QUIET_WAIT_S regardless."""
         if self._handover_due is None and not self._handover.is_set():
             self._handover_due = self._loop.time() + HANDOVER_QUIET_WAIT_S
+            self._loop.call_later(HANDOVER_QUIET_WAIT_S, self._maybe_hand_over, True)
+            self._maybe_hand_over()
 
-    def _maybe_hand_over(self) -> None:
+    def _maybe_hand_over(self, force: bool = False) -> None:
         due = self._handover_due
         if due is None or self._handover.is_set() or self.bridge.ended:
             return
         quiet = self.bridge.quiet
-        if quiet or self._loop.time() >= due:
+        if quiet or force or self._loop.time() >= due:
             self.final = False  # the call goes on elsewhere: no archive here
             self.end_reason = "handed over: node draining"
             self._close_code, self._close_reason = (
@@ -783,9 +790,6 @@ class CallSession:
         bridge = self.bridge
         sid = self.start.call_sid
         rt.takeovers.unregister(sid)
-        if rt.sessions.get(sid) is self:
-            del rt.sessions[sid]
-            rt.sessions_changed.set()
         taken_over = self._taken_over.is_set()
         if taken_over:
             self.final = False

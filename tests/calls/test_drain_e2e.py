@@ -17,6 +17,7 @@ import pytest
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.emulator.session import EmulatedSession
+from tests.calls.test_node_loss_e2e import lines_stored
 from tests.lbproxy import ReadyProxy
 from tests.support import (
     TwilioStream,
@@ -100,7 +101,8 @@ async def test_sigterm_during_twenty_calls_drops_none(tmp_path: Path, redis_url:
         for _, tw in resumed:
             assert proxy.routes[tw.ws.local_address[:2]] == base_b
             await say_turn(tw)
-            await tw.wait_for(lambda m: m.get("event") == "media", timeout=20)  # the agent answers on B
+        for sid, _ in resumed:
+            await lines_stored(redis_url, sid, 5)  # the caller's new turn and the agent's answer, on B
         exit_code = await asyncio.to_thread(node_a.wait, 60)
         # Everyone hangs up.
         for _, tw in [*resumed, *on_b, (new_sid, new_tw)]:

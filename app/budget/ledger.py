@@ -95,6 +95,19 @@ return held
 """
 
 
+# KEYS: the call's billed-minutes counter; ARGV: minutes started so far, ttl. Returns how many of them
+# nobody has billed yet (and marks them billed): a call resumed on another node does not pay twice.
+_CLAIM_MINUTES = """
+local billed = tonumber(redis.call('GET', KEYS[1]) or '0')
+local started = tonumber(ARGV[1])
+if started <= billed then
+  return 0
+end
+redis.call('SET', KEYS[1], started, 'EX', ARGV[2])
+return started - billed
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     call: int
@@ -111,6 +124,7 @@ class BudgetLedger:
         self.prefix = prefix
         self._charge = redis.register_script(_CHARGE)
         self._release = redis.register_script(_RELEASE)
+        self._claim_minutes = redis.register_script(_CLAIM_MINUTES)
 
     def _day_key(self, day: date) -> str:
         return f"{self.prefix}:spend:day:{day.isoformat()}"
@@ -160,6 +174,11 @@ class BudgetLedger:
             reserve_left=None if day_cap is None else int(held),
             overrun=int(overrun),
         )
+
+    async def claim_minutes(self, call_sid: str, started: int) -> int:
+        """Of the ``started`` telephony minutes of a call, how many no node has billed yet."""
+        key = f"{self._call_key(call_sid)}:minutes"
+        return int(await self._claim_minutes(keys=[key], args=[started, CALL_TTL_S]))
 
     async def release(self, *, call_sid: str, day: date) -> int:
         """The call has ended: what it held for its closing line goes back to the day's pool."""

@@ -283,10 +283,14 @@ class CallMeter:
             await self._charge(cost, now)  # nothing to add: keeps the call's reserve held
 
     async def telephony(self, elapsed_s: float, now: datetime) -> None:
+        """Bill each started minute once, whichever node carried the call when it started."""
         started_minutes = int(elapsed_s // 60) + 1
-        while self.minutes_billed < started_minutes:
-            self.minutes_billed += 1
-            await self._charge(telephony_cost(60, self.direction, self.budget.prices), now)
+        if started_minutes <= self.minutes_billed:
+            return
+        new = await self.budget.ledger.claim_minutes(self.call_sid, started_minutes)
+        self.minutes_billed = started_minutes
+        if new:
+            await self._charge(telephony_cost(60 * new, self.direction, self.budget.prices), now)
 
     async def release(self) -> None:
         """The call is over: its closing reserve goes back to the day's pool."""

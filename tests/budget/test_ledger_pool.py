@@ -96,3 +96,12 @@ async def test_many_concurrent_charges_never_take_the_day_past_the_cap_but_by_ov
 
     await asyncio.gather(*(call(f"CA{i}") for i in range(20)))
     assert await ledger.day_total(DAY) <= CAP
+
+
+async def test_telephony_minutes_are_billed_once_across_nodes(ledger: BudgetLedger) -> None:
+    # node A carried the call through minute 2; it resumed on node B, whose meter starts from scratch
+    assert await ledger.claim_minutes("CAmoved", 1) == 1
+    assert await ledger.claim_minutes("CAmoved", 2) == 1
+    assert await ledger.claim_minutes("CAmoved", 2) == 0  # B, 1:30 into the call: nothing new
+    assert await ledger.claim_minutes("CAmoved", 1) == 0
+    assert await ledger.claim_minutes("CAmoved", 4) == 2  # B missed a tick: both minutes, once

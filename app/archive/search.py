@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, TextClause, and_, false, func, or_, select, text, true
+from sqlalchemy import ColumnElement, Select, Subquery, TextClause, and_, false, func, or_, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.archive.models import Call, TranscriptSegment
 
@@ -172,10 +173,9 @@ def _text_match(dialect: str, terms: Sequence[Term]) -> ColumnElement[bool]:
     return Call.id.in_(matching)
 
 
-def build_query(dialect: str, filters: CallFilter, *, sort: str, cursor: str | None, limit: int) -> Select[Any]:
-    key, descending = _sort_column(sort)
+def _filter_conditions(f: CallFilter) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of every filter but the text search."""
     where: list[ColumnElement[bool]] = []
-    f = filters
     if f.started_from is not None:
         where.append(Call.started_at >= f.started_from)
     if f.started_to is not None:
@@ -200,23 +200,135 @@ def build_query(dialect: str, filters: CallFilter, *, sort: str, cursor: str | N
         where.append(Call.transferred == (true() if f.transferred else false()))
     if f.opted_out is not None:
         where.append(Call.opted_out == (true() if f.opted_out else false()))
-    if f.q:
-        where.append(_text_match(dialect, parse_query(f.q)))
+    return where
+
+
+def _after_cursor(key: ColumnElement[Any], descending: bool, sort: str, cursor: str) -> ColumnElement[bool]:
+    """Rows after the cursor's row in page order. The leading ``key <=`` (``>=``) is implied by the rest; it
+    lets an index on the key start at the cursor instead of skipping every earlier page's rows."""
+    value, call_id = decode_cursor(cursor, sort)
+    if descending:
+        return and_(key <= value, or_(key < value, and_(key == value, Call.id < call_id)))
+    return and_(key >= value, or_(key > value, and_(key == value, Call.id > call_id)))
+
+
+def _page_order(
+    key: ColumnElement[Any], call_id: ColumnElement[Any] | InstrumentedAttribute[int], descending: bool
+) -> list[ColumnElement[Any]]:
+    return [key.desc(), call_id.desc()] if descending else [key.asc(), call_id.asc()]
+
+
+def build_query(dialect: str, filters: CallFilter, *, sort: str, cursor: str | None, limit: int) -> Select[Any]:
+    """One page (and one row more) of the calls the filters select, in page order: the definition of a page.
+    search_calls runs it as is, except for a text search on PostgreSQL (see _postgresql_text_page)."""
+    key, descending = _sort_column(sort)
+    where = _filter_conditions(filters)
+    if filters.q:
+        where.append(_text_match(dialect, parse_query(filters.q)))
     if cursor is not None:
-        value, call_id = decode_cursor(cursor, sort)
-        if descending:
-            where.append(or_(key < value, and_(key == value, Call.id < call_id)))
-        else:
-            where.append(or_(key > value, and_(key == value, Call.id > call_id)))
-    order = [key.desc(), Call.id.desc()] if descending else [key.asc(), Call.id.asc()]
-    return select(Call).where(*where).order_by(*order).limit(limit + 1)
+        where.append(_after_cursor(key, descending, sort, cursor))
+    return select(Call).where(*where).order_by(*_page_order(key, Call.id, descending)).limit(limit + 1)
+
+
+# A text search on PostgreSQL. build_query's "calls whose id is among those of the matching lines" leaves
+# the planner two ways: walk the calls in page order testing each one's lines (quick when many calls
+# match), or collect every matching line from the GIN index and sort their calls (quick when few do). It
+# picks by its estimate of the matching lines, and it estimates several words or a phrase as if the words
+# were independent. On 1M lines (docs/PERFORMANCE.md) "goodbye help", which no line says, walked all 50,000
+# calls (0.5-1.4 s), and "charged twice" sorted 14,477 calls (~100 ms) where the walk needs 2 ms. So the
+# way is chosen from what a short walk actually finds, not from the estimate:
+#   1. walk the first PROBE_PAGES[0] pages' worth of calls that the other filters and the cursor select, in
+#      page order, each tested with one LIMIT 1 lookup of its lines (by call_id); the same statement counts
+#      the selected calls up to PROBE_PAGES[1] pages' worth. A full page found is the page.
+#   2. if the short walk found matches densely enough for a walk of PROBE_PAGES[1] pages' worth to fill the
+#      page, walk that far (a full page, or every selected call seen, is the page).
+#   3. otherwise matches are sparse: take the matching lines from the GIN index (a MATERIALIZED CTE, which
+#      the planner cannot turn back into a walk), then look their calls up by id, filter and sort them.
+# Every way returns build_query's rows in its order. Each step's work is bounded by the walk's length or by
+# the lines that match, whichever it picked. The price: a rare word takes two statements instead of one
+# (~+5 ms); the slow case left is a common word that the filtered calls seldom say ("goodbye" on transferred
+# calls: 21k lines, 0.1-0.2 s on the loaded benchmark machine, a little slower than the walk was).
+PROBE_PAGES = (2, 20)
+
+
+async def _postgresql_text_page(
+    session: AsyncSession, filters: CallFilter, terms: Sequence[Term], *, sort: str, cursor: str | None, limit: int
+) -> list[Call]:
+    key, descending = _sort_column(sort)
+    where = _filter_conditions(filters)
+    if cursor is not None:
+        where.append(_after_cursor(key, descending, sort, cursor))
+    page = limit + 1
+    short, long = PROBE_PAGES[0] * page, PROBE_PAGES[1] * page
+
+    def walk(calls: int) -> Subquery:
+        """(id, key) of up to a page of calls with a matching line among the first ``calls`` selected."""
+        window = (
+            select(Call.id.label("id"), key.label("key"))
+            .where(*where)
+            .order_by(*_page_order(key, Call.id, descending))
+            .limit(calls)
+            .subquery("window")
+        )
+        hit = (
+            select(TranscriptSegment.call_id)
+            .where(TranscriptSegment.call_id == window.c.id, tsquery_match(terms))
+            .limit(1)
+            .lateral("hit")
+        )
+        return (
+            select(window.c.id, window.c.key)
+            .join(hit, true())
+            .order_by(*_page_order(window.c.key, window.c.id, descending))
+            .limit(page)
+            .subquery("found")
+        )
+
+    # The short walk, and how many calls the filters select (counted up to a long walk's worth), in one
+    # statement: an outer join from the count keeps its row when the walk finds nothing.
+    counted = (
+        select(func.count().label("n")).select_from(select(Call.id).where(*where).limit(long).subquery()).subquery()
+    )
+    found = walk(short)
+    first = (
+        select(counted.c.n, Call)
+        .select_from(counted)
+        .outerjoin(found, true())
+        .outerjoin(Call, Call.id == found.c.id)
+        .order_by(*_page_order(found.c.key, found.c.id, descending))
+    )
+    result = (await session.execute(first)).all()
+    n = result[0].n
+    rows = [call for _, call in result if call is not None]
+    if len(rows) == page or n <= short:
+        return rows  # a full page, or the short walk saw every call the filters select
+    if len(rows) * long >= page * short:  # dense enough for the long walk to fill the page
+        found = walk(long)
+        query = (
+            select(Call).join(found, Call.id == found.c.id).order_by(*_page_order(found.c.key, found.c.id, descending))
+        )
+        rows = list(await session.scalars(query))
+        if len(rows) == page or n < long:
+            return rows
+    matching = select(TranscriptSegment.call_id).where(tsquery_match(terms)).cte("matching").prefix_with("MATERIALIZED")
+    query = (
+        select(Call)
+        .where(*where, Call.id.in_(select(matching.c.call_id)))
+        .order_by(*_page_order(key, Call.id, descending))
+        .limit(page)
+    )
+    return list(await session.scalars(query))
 
 
 async def search_calls(
     session: AsyncSession, filters: CallFilter, *, sort: str = "-started_at", cursor: str | None = None, limit: int = 50
 ) -> Page:
     dialect = session.get_bind().dialect.name
-    rows: list[Call] = list(await session.scalars(build_query(dialect, filters, sort=sort, cursor=cursor, limit=limit)))
+    if dialect == "postgresql" and filters.q:
+        terms = parse_query(filters.q)
+        rows = await _postgresql_text_page(session, filters, terms, sort=sort, cursor=cursor, limit=limit)
+    else:
+        rows = list(await session.scalars(build_query(dialect, filters, sort=sort, cursor=cursor, limit=limit)))
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None

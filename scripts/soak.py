@@ -1119,6 +1119,9 @@ def summarize(
         "bytes_received": sum(got),
         "exact_match": got == want,
     }
+    unlogged = [m for m in mismatched if m["frames_in"] is None]
+    unlogged_frames = sum(m["frames_sent"] for m in unlogged)
+    logged_in = sum(c["frames_in"] for c in ok if c["frames_in"] is not None)
     all_delivered = bool(
         ok
         and not failed
@@ -1138,6 +1141,13 @@ def summarize(
         "frames_metric": frames_metric,
         "frames_expected_by_clock": sum(c["frames_expected"] for c in ok),
         "calls_frames_mismatched": len(mismatched),
+        # calls whose end the node never logged (so no per-call frames_in): are their frames in the node's total?
+        "calls_end_not_logged": len(unlogged),
+        "unlogged_frames_in_metric_total": bool(unlogged) and frames_metric - logged_in == unlogged_frames,
+        "calls_frames_short": sum(
+            1 for m in mismatched if m["frames_in"] is not None and m["frames_in"] < m["frames_sent"]
+        ),
+        "frames_lost_by_metric": frames_sent - frames_metric,
         "mismatch_examples": mismatched[:5],
         "bad_frames": bad_frames,
         "emulator": emulator_check,
@@ -1338,7 +1348,13 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
         + f" over {emu['sessions']} sessions"
     )
     if f["mismatch_examples"]:
-        print(f"  mismatches: {f['mismatch_examples'][:3]}")
+        print(
+            f"  of which: end never logged by the node {f['calls_end_not_logged']} (their frames "
+            + ("are" if f["unlogged_frames_in_metric_total"] else "are NOT")
+            + f" in the node's frame total), frames_in short {f['calls_frames_short']}; frames sent - /metrics "
+            f"total = {f['frames_lost_by_metric']:.0f}"
+        )
+        print(f"  e.g. {f['mismatch_examples'][:2]}")
     if f["failed_examples"]:
         print(f"  failed calls by kind: {f['failed_by_kind']}; e.g. {f['failed_examples'][:2]}")
     rec = r["reconnects"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -31,21 +32,28 @@ def serve(
     if workers > 1:
         typer.echo("Use one process per node behind a load balancer; --workers > 1 is not supported.", err=True)
         raise typer.Exit(2)
-    where: dict[str, object] = (
-        {"fd": fd} if fd is not None else {"host": host or settings.host, "port": port or settings.port}
-    )
     from app.calls.drain import DrainingServer
 
     app = create_app(settings)
     config = uvicorn.Config(
         app,
-        **where,  # type: ignore[arg-type]
+        host=host or settings.host,
+        port=port or settings.port,
         ws_max_size=2 * 1024 * 1024,
         ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
         access_log=False,
     )
-    DrainingServer(config, app, settings.drain_deadline_s).run()
+    server = DrainingServer(config, app, settings.drain_deadline_s)
+    if fd is None:
+        server.run()
+    else:
+        # socket(fileno=) reads the inherited socket's real family (TCP): uvicorn's own fd option takes
+        # it for a Unix socket, leaves Nagle on, and every small keep-alive response waits ~40 ms.
+        sock = socket.socket(fileno=fd)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections
+        server.run(sockets=[sock])
 
 
 @cli.command()

@@ -80,6 +80,7 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
     """Any ASGI app under uvicorn on a pre-bound loopback socket; yields its http base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(256)
     port = sock.getsockname()[1]

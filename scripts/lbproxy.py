@@ -37,6 +37,7 @@ class ReadyProxy:
         check_interval_s: float = 0.0,
         check_timeout_s: float = 5.0,
         fall: int = 3,
+        half_close_timeout_s: float = 10.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -44,6 +45,7 @@ class ReadyProxy:
         self.check_interval_s = check_interval_s
         self.check_timeout_s = check_timeout_s
         self.fall = fall
+        self.half_close_timeout_s = half_close_timeout_s
         self.host = host
         self.port = port
         self._next = itertools.cycle(range(len(backends)))
@@ -54,6 +56,7 @@ class ReadyProxy:
         self.remember_routes = True  # a long load test turns this off (the map would only grow)
         self.refused = 0  # connections no ready backend could take
         self.health_checks = 0
+        self.reset_connections = 0  # spliced connections ended by a reset (one side broke, or a half-close timed out)
         self.health_check_failures: dict[str, int] = dict.fromkeys(backends, 0)  # timeouts and errors, total
         self.marked_down: dict[str, int] = dict.fromkeys(backends, 0)  # times a backend went out of rotation
         self._failed_in_row: dict[str, int] = dict.fromkeys(backends, 0)
@@ -109,19 +112,41 @@ class ReadyProxy:
                 return backend
         return None
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Copy until EOF (True: pass the half-close on) or a broken connection (False)."""
         try:
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
-            pass
+            return False
+        with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()  # half-close: the other direction may still be talking
+        return True
+
+    async def _splice(
+        self,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        up: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> None:
+        """Both directions until both ended. Like a load balancer's client-fin/server-fin timeouts: once
+        one direction ended with EOF, the other gets ``half_close_timeout_s``; once one broke, both are
+        reset at once, so neither end keeps writing into a connection nobody reads."""
+        a = asyncio.ensure_future(self._pipe(client[0], up[1]))
+        b = asyncio.ensure_future(self._pipe(up[0], client[1]))
+        try:
+            done, pending = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+            if pending and all(t.result() for t in done):
+                done, pending = await asyncio.wait(pending, timeout=self.half_close_timeout_s)
+            if pending:
+                self.reset_connections += 1
+                for w in (client[1], up[1]):
+                    w.transport.abort()
         finally:
-            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-                if writer.can_write_eof():
-                    writer.write_eof()  # half-close: the other direction may still be talking
-                else:
-                    writer.close()
+            for t in (a, b):
+                t.cancel()
+            await asyncio.gather(a, b, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         backend = await self._pick()
@@ -142,7 +167,7 @@ class ReadyProxy:
         self.open[backend] += 1
         self.accepted[backend] += 1
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await self._splice((reader, writer), (up_reader, up_writer))
         finally:
             self.open[backend] -= 1
             for w in (writer, up_writer):
@@ -163,6 +188,7 @@ class ReadyProxy:
             "health_checks": self.health_checks,
             "health_check_failures": dict(self.health_check_failures),
             "marked_down": dict(self.marked_down),
+            "reset_connections": self.reset_connections,
         }
 
     @contextlib.asynccontextmanager

@@ -618,6 +618,8 @@ async def redis_inventory(client: Any) -> list[dict[str, Any]]:
         if g["type"] is None:
             t = await client.type(raw)
             g["type"] = t.decode() if isinstance(t, bytes) else str(t)
+        if g["type"] == "zset":  # an index (e.g. of live calls): how many members it still holds
+            g["members"] = g.get("members", 0) + await client.zcard(raw)
     return sorted(groups.values(), key=lambda g: -g["keys"])
 
 
@@ -1118,6 +1120,11 @@ def summarize(
         "bytes_expected": sum(want),
         "bytes_received": sum(got),
         "exact_match": got == want,
+        # rank by rank (sessions cannot be told apart from calls): how many fell short, and by how much at most
+        "short_by_rank": sum(1 for g, w in zip(got, want, strict=False) if g < w),
+        "max_short_bytes": max((w - g for g, w in zip(got, want, strict=False)), default=0),
+        "received_sorted": got,
+        "expected_sorted": want,
     }
     unlogged = [m for m in mismatched if m["frames_in"] is None]
     unlogged_frames = sum(m["frames_sent"] for m in unlogged)
@@ -1344,7 +1351,12 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
         f"frames sent {f['frames_sent']}, frames_in logged {f['frames_in_logged']}, /metrics "
         f"{f['frames_metric']:.0f}; calls with frames_in != frames_sent: {f['calls_frames_mismatched']}; "
         f"bad frames {f['bad_frames']:.0f}; emulator bytes "
-        + ("exact" if emu["exact_match"] else f"{emu['bytes_received']}/{emu['bytes_expected']}")
+        + (
+            "exact"
+            if emu["exact_match"]
+            else f"{emu['bytes_received']}/{emu['bytes_expected']} ({emu['short_by_rank']} sessions short by rank, "
+            f"at most {emu['max_short_bytes']} B)"
+        )
         + f" over {emu['sessions']} sessions"
     )
     if f["mismatch_examples"]:
@@ -1476,7 +1488,8 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
     if r.get("redis_keys_after"):
         print("redis keys after the run (shape: keys, of which without expiry):")
         for g in r["redis_keys_after"][:10]:
-            print(f"  {g['keys']:6d} {g['no_expiry']:6d}  {g['shape']} ({g['type']})")
+            members = f", {g['members']} members" if "members" in g else ""
+            print(f"  {g['keys']:6d} {g['no_expiry']:6d}  {g['shape']} ({g['type']}{members})")
     a = r["acceptance"]
     stable = a["turn_p99_stable"]
     print(

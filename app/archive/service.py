@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -34,6 +35,7 @@ class ToolInvocationRecord:
     offset_ms: int | None
 
 
+ARCHIVE_ATTEMPTS = 5
 _BUILTIN_OUTCOMES = {"HangUp": "hung up", "TransferCall": "transferred"}
 
 
@@ -94,17 +96,23 @@ async def archive_call(sessionmaker: async_sessionmaker[AsyncSession], record: C
 
     Idempotent across processes: the unique call_sid makes a racing second insert fail, which is
     reported as "already archived"."""
-    try:
-        return await _insert_call(sessionmaker, record)
-    except IntegrityError:
-        return False
+    for attempt in range(ARCHIVE_ATTEMPTS):
+        try:
+            return await _insert_call(sessionmaker, record)
+        except IntegrityError:
+            return False
+        except OperationalError as exc:  # SQLite busy past its timeout: the archive must not be lost
+            if "locked" not in str(exc) or attempt == ARCHIVE_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord) -> bool:
+    # No "is it there already?" read first: the unique call_sid answers that (IntegrityError), and on
+    # SQLite a transaction that reads before it writes cannot wait for the write lock (a concurrent
+    # commit makes its snapshot stale and the write fails at once with "database is locked").
     async with sessionmaker() as session, session.begin():
-        existing = await session.scalar(select(Call.id).where(Call.call_sid == record.call_sid))
-        if existing is not None:
-            return False
         duration = (
             int((record.ended_at - record.started_at).total_seconds() * 1000) if record.ended_at is not None else None
         )

@@ -1267,6 +1267,8 @@ def summarize(
         ys = [s["nodes"][j]["rss_kb"] / 1024 for s in steady if s["nodes"][j]["rss_kb"]]
         slope, icpt = lsq_slope(xs, ys)  # MB per second
         fitted0 = icpt + slope * steady_t0 if xs else float("nan")
+        half = len(xs) // 2  # does the growth slow down? the same fit over the second half of the steady state
+        slope2, _ = lsq_slope(xs[half:], ys[half:])
         entry: dict[str, Any] = {
             "node": j,
             "rss_idle_before_mb": (samples[0]["nodes"][j]["rss_kb"] or 0) / 1024,
@@ -1280,6 +1282,8 @@ def summarize(
             "slope_mb_per_hour": slope * 3600,
             "growth_pct_per_10min": slope * 600 / fitted0 * 100 if fitted0 else float("nan"),
             "growth_pct_per_hour": slope * 3600 / fitted0 * 100 if fitted0 else float("nan"),
+            "slope_second_half_mb_per_hour": slope2 * 3600,
+            "growth_second_half_pct_per_10min": slope2 * 600 / fitted0 * 100 if fitted0 else float("nan"),
         }
         entry["memory_ok"] = bool(
             entry["growth_pct_per_10min"] == entry["growth_pct_per_10min"]
@@ -1445,6 +1449,7 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
                 n["slope_mb_per_hour"],
                 n["growth_pct_per_10min"],
                 n["growth_pct_per_hour"],
+                n["growth_second_half_pct_per_10min"],
                 "yes" if n["memory_ok"] else "NO",
             ]
         )
@@ -1462,6 +1467,7 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
                 "slope MB/h",
                 "growth %/10 min",
                 "growth %/h",
+                "2nd half %/10 min",
                 "< 1%/10 min",
             ],
             rows,

@@ -172,6 +172,7 @@ def emulator_main(conn: Any, port: int, pacing_speed: float) -> None:
         await orig_send(self, event, audio_bytes=audio_bytes)
 
     async def run_session(self: Any) -> None:
+        opened_at = time.time()
         try:
             await orig_run(self)
         finally:
@@ -179,7 +180,11 @@ def emulator_main(conn: Any, port: int, pacing_speed: float) -> None:
             closed.append(
                 {
                     "id": self.id,
+                    "opened_at": opened_at,
                     "closed_at": time.time(),
+                    # 1000: the server closed the session cleanly; 1006: the connection was cut (e.g. the
+                    # server's close handshake timed out while this emulator still had audio to read)
+                    "close_code": self._ws.close_code,
                     # _input_ms sums samples*1000/rate: samples are recovered exactly by rounding
                     "input_bytes": round(self.input_audio_ms * fmt.rate / 1000) * fmt.sample_bytes,
                 }
@@ -934,6 +939,9 @@ async def run_soak(cfg: Config) -> dict[str, Any]:
                     m = parse_metrics((await http.get(node.url + "/metrics")).text)
                     entry.update({key: metric_sum(m, name) for key, name in NODE_METRICS.items()})
                     entry["reconnect_reasons"] = metric_labels(m, "switchboard_upstream_reconnects_total")
+                    entry["upstream_connect_buckets"] = metric_labels(m, "switchboard_upstream_connect_seconds_bucket")
+                    entry["upstream_connect_sum"] = m.get("switchboard_upstream_connect_seconds_sum", 0.0)
+                    entry["upstream_connect_count"] = m.get("switchboard_upstream_connect_seconds_count", 0.0)
                     entry["ended_by_status"] = metric_labels(m, "switchboard_calls_ended_total")
                 except httpx.HTTPError as exc:
                     entry["metrics_error"] = repr(exc)
@@ -1123,21 +1131,29 @@ def summarize(
         # rank by rank (sessions cannot be told apart from calls): how many fell short, and by how much at most
         "short_by_rank": sum(1 for g, w in zip(got, want, strict=False) if g < w),
         "max_short_bytes": max((w - g for g, w in zip(got, want, strict=False)), default=0),
+        "close_codes": dict(Counter(str(s.get("close_code")) for s in emu_closed)),
         "received_sorted": got,
         "expected_sorted": want,
     }
     unlogged = [m for m in mismatched if m["frames_in"] is None]
     unlogged_frames = sum(m["frames_sent"] for m in unlogged)
     logged_in = sum(c["frames_in"] for c in ok if c["frames_in"] is not None)
+    short = [m for m in mismatched if m["frames_in"] is not None and m["frames_in"] != m["frames_sent"]]
+    not_completed = [m for m in mismatched if m["frames_in"] == m["frames_sent"] and m["status"] != "completed"]
+    # The acceptance test: every frame a caller sent reached the node (frames_in == frames_sent per call). A
+    # call whose end the node has not logged yet counts when the node's frame total accounts for its frames.
     all_delivered = bool(
         ok
-        and not failed
-        and not mismatched
+        and not short
         and bad_frames == 0
         and frames_metric == frames_sent
-        and emulator_check["exact_match"]
+        and (not unlogged or frames_metric - logged_in == unlogged_frames)
         and not driver_errors
     )
+    # The next hop: caller audio the node dropped (held while a Realtime session was not ready, past the bound
+    # of BridgeConfig.max_buffered_frames), and what the emulator received.
+    frames_dropped = sum(int(r.get("frames_dropped", 0)) for recs in ends.values() for _, r in recs)
+    calls_dropping = sum(1 for recs in ends.values() if any(int(r.get("frames_dropped", 0)) for _, r in recs))
     out["frames"] = {
         "calls_completed": len(ok),
         "calls_failed": len(failed),
@@ -1151,9 +1167,10 @@ def summarize(
         # calls whose end the node never logged (so no per-call frames_in): are their frames in the node's total?
         "calls_end_not_logged": len(unlogged),
         "unlogged_frames_in_metric_total": bool(unlogged) and frames_metric - logged_in == unlogged_frames,
-        "calls_frames_short": sum(
-            1 for m in mismatched if m["frames_in"] is not None and m["frames_in"] < m["frames_sent"]
-        ),
+        "calls_frames_short": len(short),
+        "calls_not_completed": len(not_completed),
+        "frames_dropped_by_node": frames_dropped,
+        "calls_dropping_frames": calls_dropping,
         "frames_lost_by_metric": frames_sent - frames_metric,
         "mismatch_examples": mismatched[:5],
         "bad_frames": bad_frames,
@@ -1183,6 +1200,18 @@ def summarize(
     rec["reconnect_reasons"] = [n.get("reconnect_reasons", {}) for n in last]
     rec["streams_per_call_gt1"] = sum(1 for c in ok if (c.get("streams") or 0) > 1)
     out["reconnects"] = rec
+    count = sum(n.get("upstream_connect_count", 0) for n in last)
+    if count:
+
+        def above(le: str) -> float:  # sessions that took longer than the bucket bound
+            return count - sum(n.get("upstream_connect_buckets", {}).get('{le="' + le + '"}', 0) for n in last)
+
+        out["upstream_connect"] = {
+            "count": count,
+            "mean_s": sum(n.get("upstream_connect_sum", 0) for n in last) / count,
+            "over_2_5_s": above("2.5"),
+            "over_5_s": above("5.0"),
+        }
 
     # -- turn latency: per window after the warm-up, and per sample interval -----------------------------------
     turns = [(t[0] - start_at, t[1]) for c in ok for t in c["turns"] if t[1] is not None]
@@ -1333,6 +1362,8 @@ def summarize(
     out["steady_window_s"] = [steady_t0, steady_t1]
     out["acceptance"] = {
         "every_frame_delivered": all_delivered,
+        "every_call_placed": not failed,
+        "node_to_realtime_exact": frames_dropped == 0 and emulator_check["exact_match"],
         "turn_p99_stable": out["turns"]["p99_stable"],
         "memory_growth_under_1pct_per_10min": all(n["memory_ok"] for n in mem_nodes),
     }
@@ -1359,7 +1390,7 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
             "exact"
             if emu["exact_match"]
             else f"{emu['bytes_received']}/{emu['bytes_expected']} ({emu['short_by_rank']} sessions short by rank, "
-            f"at most {emu['max_short_bytes']} B)"
+            f"at most {emu['max_short_bytes']} B; sessions closed with {emu['close_codes']})"
         )
         + f" over {emu['sessions']} sessions"
     )
@@ -1496,11 +1527,25 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
         for g in r["redis_keys_after"][:10]:
             members = f", {g['members']} members" if "members" in g else ""
             print(f"  {g['keys']:6d} {g['no_expiry']:6d}  {g['shape']} ({g['type']}{members})")
+    print(
+        f"node -> Realtime: caller frames dropped by the node (held past its bound while no Realtime session was ready) "
+        f"{f['frames_dropped_by_node']} in {f['calls_dropping_frames']} calls"
+    )
+    uc = r.get("upstream_connect")
+    if uc:
+        print(
+            f"Realtime session opening (switchboard_upstream_connect_seconds): {uc['count']:.0f} opened, mean "
+            f"{uc['mean_s']:.2f} s, over 2.5 s: {uc['over_2_5_s']:.0f}, over 5 s: {uc['over_5_s']:.0f}"
+        )
     a = r["acceptance"]
     stable = a["turn_p99_stable"]
     print(
-        "\nacceptance: every frame delivered: "
+        "\nacceptance: every frame delivered (caller -> node): "
         + ("yes" if a["every_frame_delivered"] else "NO")
+        + "; every call placed: "
+        + ("yes" if a["every_call_placed"] else "NO")
+        + "; node -> Realtime exact: "
+        + ("yes" if a["node_to_realtime_exact"] else "NO")
         + "; turn p99 stable: "
         + ("n/a (one steady window)" if stable is None else "yes" if stable else "NO")
         + "; memory growth < 1%/10 min: "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from twilio.request_validator import RequestValidator
 
@@ -54,7 +54,12 @@ class Runtime:
 
 def make_redis(settings: Settings) -> Redis:
     if settings.redis_url:
-        return Redis.from_url(settings.redis_url)
+        # Bounded and blocking: under load a command waits for a free connection instead of failing, and a
+        # node never opens more than REDIS_MAX_CONNECTIONS (a ?max_connections= in the URL wins).
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=settings.redis_pool_timeout_s
+        )
+        return Redis.from_pool(pool)
     import fakeredis
 
     log.warning(

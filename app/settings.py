@@ -40,6 +40,10 @@ class Settings(BaseSettings):
 
     # State
     redis_url: str | None = None
+    # Connections per process to Redis. A command waits up to REDIS_POOL_TIMEOUT_S for a free one rather
+    # than failing at once (redis-py's default pool raises when its 100 are in use: 100 busy calls did that).
+    redis_max_connections: int = Field(default=200, ge=1)
+    redis_pool_timeout_s: float = Field(default=5.0, gt=0)
     database_url: str | None = None
     data_dir: Path = Path("var")
 

@@ -696,6 +696,7 @@ class Config:
     redis_max_connections: int | None
     db: str
     keep_logs: Path | None
+    direct: bool = False
 
 
 @dataclass
@@ -846,14 +847,18 @@ async def run_soak(cfg: Config) -> dict[str, Any]:
             await _wait_ready(node.url, node.proc)
 
         # -- proxy --------------------------------------------------------------------------------------------
-        parent, child = ctx.Pipe()
-        proxy_proc = ctx.Process(target=proxy_main, args=(child, [n.url for n in nodes], 1.0), daemon=True)
-        proxy_proc.start()
-        proxy_conn = parent
-        if not parent.poll(60):
-            raise RuntimeError("proxy did not start")
-        _tag, proxy_url = parent.recv()
-        print(f"# nodes {[n.url for n in nodes]} behind {proxy_url}", flush=True)
+        if cfg.direct:  # one node, dialled directly: the proxy's CPU stays out of a shared machine
+            proxy_url = nodes[0].url
+            print(f"# node {proxy_url}, dialled directly (no proxy)", flush=True)
+        else:
+            parent, child = ctx.Pipe()
+            proxy_proc = ctx.Process(target=proxy_main, args=(child, [n.url for n in nodes], 1.0), daemon=True)
+            proxy_proc.start()
+            proxy_conn = parent
+            if not parent.poll(60):
+                raise RuntimeError("proxy did not start")
+            _tag, proxy_url = parent.recv()
+            print(f"# nodes {[n.url for n in nodes]} behind {proxy_url}", flush=True)
 
         # -- baseline: idle nodes after start-up --------------------------------------------------------------
         await asyncio.sleep(2.0)
@@ -918,12 +923,16 @@ async def run_soak(cfg: Config) -> dict[str, Any]:
                 emu_closed.extend(h["closed"])
 
         def proxy_stats() -> dict[str, Any] | None:
+            if proxy_conn is None:
+                return None
             proxy_conn.send("stats")
             if proxy_conn.poll(10):
                 return proxy_conn.recv()[1]
             return None
 
-        harness_pids = {"emulator": [emu_proc.pid], "drivers": [p.pid for p in driver_procs], "proxy": [proxy_proc.pid]}
+        harness_pids = {"emulator": [emu_proc.pid], "drivers": [p.pid for p in driver_procs]}
+        if proxy_proc is not None:
+            harness_pids["proxy"] = [proxy_proc.pid]
         if services.redis is not None:
             harness_pids["redis"] = [services.redis.pid]
 
@@ -1570,13 +1579,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pacing-speed", type=float, default=2.0, help="emulator audio pacing (x real time)")
     ap.add_argument("--redis", choices=["auto", "real", "embedded"], default="auto")
     ap.add_argument("--redis-max-connections", type=int, default=None, help="the nodes' Redis pool size "
-                    "(?max_connections= in REDIS_URL; default: redis-py's, 100)")  # fmt: skip
+                    "(?max_connections= in REDIS_URL; default: REDIS_MAX_CONNECTIONS, 200)")  # fmt: skip
     ap.add_argument("--db", choices=["auto", "sqlite", "postgres"], default="auto")
     ap.add_argument("--keep-logs", type=Path, default=None, help="copy the nodes' logs here")
     ap.add_argument("--json", dest="json_path", type=Path, default=None)
+    ap.add_argument("--direct", action="store_true", help="one node only: callers dial it directly, no proxy")
     args = ap.parse_args(argv)
     if args.calls < 1 or args.nodes < 1 or args.calls > 1000 or args.nodes > 16:
         ap.error("1..1000 calls and 1..16 nodes")
+    if args.direct and args.nodes != 1:
+        ap.error("--direct needs --nodes 1")
     if args.call_length < MIN_CALL_S:
         ap.error(f"--call-length must be at least {MIN_CALL_S:.0f} s")
     if args.duration < args.call_length + 10:
@@ -1598,6 +1610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_max_connections=args.redis_max_connections,
         db=args.db,
         keep_logs=args.keep_logs,
+        direct=args.direct,
     )
     info = machine_info()
     print(f"# {info['cpu_model']}, {info['nproc']} CPUs, Python {info['python']}")

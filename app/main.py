@@ -36,7 +36,7 @@ from app.db import make_engine, make_sessionmaker
 from app.dialer.policy import Jurisdiction
 from app.dialer.router import router as dialer_router
 from app.dialer.worker import Dialer
-from app.observability import Metrics
+from app.observability import Metrics, watch_event_loop_lag
 from app.problems import install_problem_handlers, problem_response
 from app.runtime import Runtime, make_redis
 from app.settings import Settings
@@ -107,7 +107,10 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         runtime = build_runtime(settings, tools=tools)
         app.state.runtime = runtime
         runtime.takeovers.start()
-        background = [asyncio.create_task(run_sweeper(runtime), name="orphan-sweeper")]
+        background = [
+            asyncio.create_task(run_sweeper(runtime), name="orphan-sweeper"),
+            asyncio.create_task(watch_event_loop_lag(runtime.metrics.event_loop_lag_seconds), name="loop-lag"),
+        ]
         in_process = settings.dialer_in_process
         if in_process is None:
             in_process = runtime.engine.dialect.name == "sqlite"  # one node: it may be the single claimant

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -51,6 +52,12 @@ class Metrics:
         )
         self.tool_calls = Counter("switchboard_tool_calls", "Tool invocations", ["name", "outcome"], registry=r)
         self.barge_ins = Counter("switchboard_barge_ins", "Caller interruptions of agent audio", registry=r)
+        self.event_loop_lag_seconds = Histogram(
+            "switchboard_event_loop_lag_seconds",
+            "How late the event loop woke a 250 ms timer: every call's audio waits this long too",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
         self.upstream_connect_seconds = Histogram(
             "switchboard_upstream_connect_seconds", "Time to open a Realtime session", registry=r
         )
@@ -83,9 +90,23 @@ class Metrics:
         self.caller_frames_replayed = Counter(
             "switchboard_caller_frames_replayed", "Held caller frames sent to a new Realtime session", registry=r
         )
+        self.caller_frames_dropped = Counter(
+            "switchboard_caller_frames_dropped",
+            "Caller frames lost: held past the bound while no Realtime session was ready",
+            registry=r,
+        )
         self.orphans_archived = Counter(
             "switchboard_orphans_archived", "Calls archived by the sweeper after their lease expired", registry=r
         )
         self.twilio_rest_errors = Counter(
             "switchboard_twilio_rest_errors", "Twilio REST calls that failed", ["operation"], registry=r
         )
+
+
+async def watch_event_loop_lag(hist: Histogram, interval_s: float = 0.25) -> None:
+    """Observe how late a timer fires, four times a second: the node's saturation as calls feel it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        hist.observe(max(0.0, loop.time() - due))

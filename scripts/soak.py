@@ -598,6 +598,7 @@ NODE_METRICS = {
     "upstream_failures": "switchboard_upstream_failures_total",
     "frames_held": "switchboard_caller_frames_held_total",
     "frames_replayed": "switchboard_caller_frames_replayed_total",
+    "frames_dropped": "switchboard_caller_frames_dropped_total",
     "calls_resumed": "switchboard_calls_resumed_total",
     "streams_taken_over": "switchboard_streams_taken_over_total",
     "live_write_retries": "switchboard_live_state_write_retries_total",
@@ -951,6 +952,9 @@ async def run_soak(cfg: Config) -> dict[str, Any]:
                     entry["upstream_connect_buckets"] = metric_labels(m, "switchboard_upstream_connect_seconds_bucket")
                     entry["upstream_connect_sum"] = m.get("switchboard_upstream_connect_seconds_sum", 0.0)
                     entry["upstream_connect_count"] = m.get("switchboard_upstream_connect_seconds_count", 0.0)
+                    entry["loop_lag_buckets"] = metric_labels(m, "switchboard_event_loop_lag_seconds_bucket")
+                    entry["loop_lag_count"] = m.get("switchboard_event_loop_lag_seconds_count", 0.0)
+                    entry["loop_lag_sum"] = m.get("switchboard_event_loop_lag_seconds_sum", 0.0)
                     entry["ended_by_status"] = metric_labels(m, "switchboard_calls_ended_total")
                 except httpx.HTTPError as exc:
                     entry["metrics_error"] = repr(exc)
@@ -1198,6 +1202,7 @@ def summarize(
         "upstream_reconnects",
         "upstream_failures",
         "frames_held",
+        "frames_dropped",
         "frames_replayed",
         "calls_resumed",
         "streams_taken_over",
@@ -1221,6 +1226,29 @@ def summarize(
             "over_2_5_s": above("2.5"),
             "over_5_s": above("5.0"),
         }
+
+    # -- event-loop lag over the steady state (switchboard_event_loop_lag_seconds, 4 timers a second) ------------
+    steady = [x for x in samples if steady_t0 <= x["t"] <= cfg.duration_s and x["nodes"][0].get("loop_lag_count")]
+    if len(steady) >= 2:
+        lag_nodes = []
+        for i in range(len(steady[0]["nodes"])):
+            a, b = steady[0]["nodes"][i], steady[-1]["nodes"][i]
+            n = b["loop_lag_count"] - a["loop_lag_count"]
+            if n <= 0:
+                continue
+            ba, bb = a.get("loop_lag_buckets", {}), b.get("loop_lag_buckets", {})
+            cum = sorted(
+                ((float(k.split('"')[1]), bb[k] - ba.get(k, 0)) for k in bb if "+Inf" not in k), key=lambda kv: kv[0]
+            )
+
+            def quantile(q: float, cum: list[tuple[float, float]] = cum, n: float = n) -> str:
+                return next((f"<= {le:g} s" for le, c in cum if c >= q * n), "> 5 s")
+
+            over = {f"{le:g}": n - c for le, c in cum if le in (0.05, 0.1, 0.25, 1.0)}
+            mean_ms = (b["loop_lag_sum"] - a["loop_lag_sum"]) / n * 1000
+            lag_nodes.append({"node": i, "timers": n, "mean_ms": mean_ms, "p50": quantile(0.5), "p99": quantile(0.99),
+                              "late_over_s": over})  # fmt: skip
+        out["loop_lag"] = lag_nodes
 
     # -- turn latency: per window after the warm-up, and per sample interval -----------------------------------
     turns = [(t[0] - start_at, t[1]) for c in ok for t in c["turns"] if t[1] is not None]
@@ -1416,7 +1444,8 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
     rec = r["reconnects"]
     print(
         f"upstream reconnects {rec['upstream_reconnects']:.0f} {rec['reconnect_reasons']}, failures "
-        f"{rec['upstream_failures']:.0f}, frames held/replayed {rec['frames_held']:.0f}/{rec['frames_replayed']:.0f}, "
+        f"{rec['upstream_failures']:.0f}, frames held/replayed/dropped {rec['frames_held']:.0f}/{rec['frames_replayed']:.0f}/"
+        f"{rec['frames_dropped']:.0f}, "
         f"resumed {rec['calls_resumed']:.0f}, taken over {rec['streams_taken_over']:.0f}, streams rejected "
         f"{rec['streams_rejected']:.0f}, live-state write retries {rec['live_write_retries']:.0f}"
     )
@@ -1540,6 +1569,12 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
         f"node -> Realtime: caller frames dropped by the node (held past its bound while no Realtime session was ready) "
         f"{f['frames_dropped_by_node']} in {f['calls_dropping_frames']} calls"
     )
+    for lag in r.get("loop_lag", []):
+        print(
+            f"node {lag['node']} event-loop lag (steady, {lag['timers']:.0f} timers): mean {lag['mean_ms']:.1f} ms, "
+            f"p50 {lag['p50']}, p99 {lag['p99']}; timers later than 50/100/250/1000 ms: "
+            + "/".join(f"{lag['late_over_s'].get(k, 0):.0f}" for k in ("0.05", "0.1", "0.25", "1"))
+        )
     uc = r.get("upstream_connect")
     if uc:
         print(

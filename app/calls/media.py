@@ -143,6 +143,7 @@ class CallSession:
         self._meta: dict[str, Any] = {}
         self._metered_frames = 0
         self._metered_bytes_out = 0
+        self._frames_counted = (0, 0, 0)  # held, replayed, dropped caller frames already in the metrics
         self._transcripts_settled = asyncio.Event()
         self._taken_over = asyncio.Event()
         self._handover = asyncio.Event()  # set: detach so the call resumes on another node
@@ -422,12 +423,11 @@ class CallSession:
                 continue
             self.upstream = upstream
             self._upstream_opened_at = self._loop.time()
-            held = bridge.frames_held
             await self._execute(bridge.handle(UpstreamReady(), self.now_ms()))
+            self._count_held_frames()
             if lost_at is not None:
                 recovery_s = self._loop.time() - lost_at
                 rt.metrics.upstream_recovery_seconds.observe(recovery_s)
-                rt.metrics.caller_frames_replayed.inc(min(held, rt.bridge_config.max_buffered_frames))
                 self._event("upstream_recovered", {"recovery_ms": round(recovery_s * 1000), "attempts": attempt + 1})
                 log.info("call.upstream_recovered", recovery_ms=round(recovery_s * 1000), attempts=attempt + 1)
             lost_at, attempt = None, 0
@@ -439,9 +439,17 @@ class CallSession:
             lost_at = self._loop.time()
             rt.metrics.upstream_reconnects.labels(reason.split(" ")[0]).inc()
             log.info("call.upstream_lost", reason=reason)
-            held_before = bridge.frames_held
             await self._execute(bridge.handle(UpstreamLost(reason), self.now_ms()))
-            rt.metrics.caller_frames_held.inc(max(0, bridge.frames_held - held_before))
+
+    def _count_held_frames(self) -> None:
+        """Add the bridge's held, replayed and dropped caller frames since the last count to the metrics.
+
+        Counted when a session becomes ready and at the call's end, never per frame."""
+        b, m, c = self.bridge, self.rt.metrics, self._frames_counted
+        m.caller_frames_held.inc(b.frames_held - c[0])
+        m.caller_frames_replayed.inc(b.frames_replayed - c[1])
+        m.caller_frames_dropped.inc(b.frames_dropped - c[2])
+        self._frames_counted = (b.frames_held, b.frames_replayed, b.frames_dropped)
 
     async def _read_upstream(self, upstream: RealtimeUpstream) -> str | None:
         """Feed the bridge until the session is lost (returns why) or the call ends (None)."""
@@ -842,6 +850,7 @@ class CallSession:
         await self.live.close()
         close_reason = "call taken over by another stream" if taken_over else self._close_reason
         await self._close(CLOSE_POLICY if taken_over else self._close_code, close_reason)
+        self._count_held_frames()
         log.info(
             "call.ended" if self.final else "call.stream_detached",
             status=self.status,

@@ -152,7 +152,9 @@ class BridgeConfig:
     transfer_number: str | None = None
     custom_tools: frozenset[str] = frozenset()
     mark_interval_bytes: int = 160  # a mark after every 20 ms of agent audio
-    max_buffered_frames: int = 150  # caller audio held while upstream is not ready (3 s)
+    # Caller audio held while no Realtime session is ready: 10 s, as long as a reconnect may take
+    # (UPSTREAM_RECOVERY_DEADLINE_S), and call set-up on a busy node (a 3 s bound lost frames at 100 calls).
+    max_buffered_frames: int = 500
     replay_frames: int = 25  # caller audio re-sent after an upstream loss: the old socket may have eaten it
     history_items: int = 40  # restored as conversation items; older turns are summarised in instructions
     summary_chars: int = 4000
@@ -229,6 +231,7 @@ class CallBridge:
         self.frames_in = 0
         self.frames_held = 0
         self.frames_dropped = 0
+        self.frames_replayed = 0  # held frames sent to a (new) session once it was ready
         self.caller_speaking = False
 
         # response sequencing
@@ -374,6 +377,7 @@ class CallBridge:
             self._request_response(None, out)  # the caller spoke last and is waiting for an answer
         if self._held_audio:
             out.append(RecordCallEvent("caller_audio_replayed", {"frames": len(self._held_audio)}))
+            self.frames_replayed += len(self._held_audio)
         while self._held_audio:
             out.append(SendToRealtime(rt.audio_append(self._held_audio.popleft())))
         return out

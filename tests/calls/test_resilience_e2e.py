@@ -77,6 +77,9 @@ async def test_a_dropped_realtime_socket_is_replaced_and_the_call_goes_on(
                 await tw.wait_closed()
             recoveries = await metric(base, "switchboard_upstream_recovery_seconds_count")
             record = await archived(base, settings, sid)
+            held = await metric(base, "switchboard_caller_frames_held_total")
+            replayed = await metric(base, "switchboard_caller_frames_replayed_total")
+            dropped = await metric(base, "switchboard_caller_frames_dropped_total")
     restored = restored_before_audio(second)
     assert restored[0]["type"] == "session.update"
     items = [e["item"] for e in restored[1:] if e["type"] == "conversation.item.create"]
@@ -92,6 +95,10 @@ async def test_a_dropped_realtime_socket_is_replaced_and_the_call_goes_on(
     events = {e["kind"]: e["detail"] for e in record["events"]}
     assert events["upstream_lost"]["reason"] == f"closed {close_code}"
     assert events["upstream_recovered"]["recovery_ms"] >= 0
+    # the metrics say what the bridge held and replayed (events), counted once a session is ready
+    assert replayed == sum(e["detail"]["frames"] for e in record["events"] if e["kind"] == "caller_audio_replayed") > 0
+    assert dropped == 0
+    assert 0 <= replayed - held <= 25  # replayed = every held frame + the last 500 ms re-sent after the loss
     lines = [(s["speaker"], s["text"]) for s in record["transcript"]]
     assert lines[1:] == [
         ("caller", "I need a cleaning"),

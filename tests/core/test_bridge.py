@@ -100,6 +100,18 @@ def test_caller_audio_before_upstream_is_held_and_replayed_in_order() -> None:
     assert [base64.b64decode(e["audio"]) for e in appends] == frames
 
 
+def test_held_audio_past_the_bound_drops_the_oldest_frames_and_counts_them() -> None:
+    bridge = make_bridge(max_buffered_frames=3)
+    frames = [bytes([i]) * 160 for i in range(5)]
+    for i, f in enumerate(frames):
+        bridge.handle(MediaReceived(f), i * 20)
+    cmds = bridge.handle(UpstreamReady(), 100)
+    appends = [e for e in realtime(cmds) if e["type"] == "input_audio_buffer.append"]
+    assert [base64.b64decode(e["audio"]) for e in appends] == frames[2:]  # the newest 3
+    assert (bridge.frames_held, bridge.frames_replayed, bridge.frames_dropped) == (5, 3, 2)
+    assert [c.detail for c in of(cmds, RecordCallEvent) if c.kind == "caller_audio_replayed"] == [{"frames": 3}]
+
+
 def test_each_audio_chunk_to_twilio_is_followed_by_a_uniquely_named_mark() -> None:
     bridge = make_bridge()
     start_session(bridge)

@@ -16,8 +16,8 @@ Processes (all on loopback, all stopped at the end):
             scripts/bench_calls.py); it reports each session's input audio and, per turn, the time from
             its speech_stopped to its first audio delta.
   nodes     K ``switchboard serve`` processes (one uvicorn worker each), LOG_LEVEL=INFO.
-  proxy     scripts/lbproxy.py in a child process: least connections over the ready nodes (/readyz polled
-            every second). Callers dial the proxy, never a node.
+  proxy     app/simulator/lbproxy.py in a child process: least connections over the ready nodes (/readyz polled
+            every second). Callers dial the proxy, never a node; with --direct (one node), the node itself.
   drivers   ``--drivers`` processes running app.simulator.simulate_call: N call slots. Each slot places a
             call, talks for --call-length seconds (a turn every ~6 s: speak, wait for the reply, listen to
             it), hangs up and dials again at once, until --duration. The first call of slot i lasts
@@ -57,7 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_common import format_table, machine_info, percentile, proc_cpu_seconds
-from lbproxy import proxy_main
+
+from app.simulator.lbproxy import proxy_main
 
 REPO = Path(__file__).resolve().parent.parent
 # ``python -c`` with PYTHONPATH=REPO, not the venv's ``switchboard`` entry point: the nodes run this checkout's

@@ -17,8 +17,8 @@ import pytest
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.emulator.session import EmulatedSession
+from app.simulator.lbproxy import ReadyProxy
 from tests.calls.test_node_loss_e2e import lines_stored
-from tests.lbproxy import ReadyProxy
 from tests.support import (
     TwilioStream,
     agent_turn_played,

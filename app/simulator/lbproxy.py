@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """A small local TCP load balancer: least connections over the backends whose /readyz answers 200.
 
-An equivalent of tests/lbproxy.py for scripts (scripts do not import from tests/). Like a real load
+The drain test (tests/calls/test_drain_e2e.py) and scripts/soak.py put nodes behind it. Like a real load
 balancer with health checks, it sends each new connection only to a ready backend and remembers which
 backend each client connection went to. Readiness is checked either as each connection arrives
 (``check_interval_s=0``, what the tests use: nothing to wait out) or by polling every backend's
@@ -10,7 +9,7 @@ one per call). When polling, a backend that answers anything but 200 (a draining
 at once, but one that does not answer in time (a busy node) is out only after ``fall`` checks in a row
 failed, as load balancers do (HAProxy's default is 3); a single good answer brings it back.
 
-    .venv/bin/python scripts/lbproxy.py --port 9000 --backend http://127.0.0.1:8001 --backend http://127.0.0.1:8002
+    .venv/bin/python -m app.simulator.lbproxy --port 9000 --backend http://127.0.0.1:8001 --backend http://127.0.0.1:8002
 
 scripts/soak.py runs it in a child process (``proxy_main``) and asks it for its counters over a pipe.
 """

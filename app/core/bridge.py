@@ -37,6 +37,8 @@ from app.core.twilio_media import (
     TwilioOutbound,
 )
 
+TWILIO_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
+
 # --- events the glue feeds in besides Twilio's and the Realtime server's -------------------
 
 
@@ -151,7 +153,10 @@ class BridgeConfig:
     greeting_instructions: str
     transfer_number: str | None = None
     custom_tools: frozenset[str] = frozenset()
-    mark_interval_bytes: int = 160  # a mark after every 20 ms of agent audio
+    # Agent audio goes to Twilio as whole 20 ms frames, at most this many bytes per media message, each
+    # followed by a mark (Twilio takes media of any size and plays it in order). 800 = 100 ms: a Realtime
+    # delta is one media + one mark instead of five of each, and barge-in truncation is exact to 100 ms.
+    media_chunk_bytes: int = 800
     # Caller audio held while no Realtime session is ready: 10 s, as long as a reconnect may take
     # (UPSTREAM_RECOVERY_DEADLINE_S), and call set-up on a busy node (a 3 s bound lost frames at 100 calls).
     max_buffered_frames: int = 500
@@ -441,15 +446,15 @@ class CallBridge:
             self._out_item = ev.item_id
         buf = self._out_buf
         buf += self._agent_audio.convert(ev.audio)
-        step = self.config.mark_interval_bytes
-        if len(buf) >= step:
+        if len(buf) >= TWILIO_FRAME_BYTES:
             twilio = self._twilio
-            n = len(buf) - len(buf) % step
+            n = len(buf) - len(buf) % TWILIO_FRAME_BYTES  # whole frames now; a partial one waits for the next delta
             self.agent_bytes_out += n
+            step = self.config.media_chunk_bytes
             for i in range(0, n, step):
-                chunk = bytes(buf[i : i + step])
+                chunk = bytes(buf[i : min(i + step, n)])
                 out.append(SendToTwilio(twilio.media(chunk)))
-                out.append(SendToTwilio(twilio.mark(self.playback.audio_sent(ev.item_id, step))))
+                out.append(SendToTwilio(twilio.mark(self.playback.audio_sent(ev.item_id, len(chunk)))))
             del buf[:n]
             if self._turn_stopped_ms is not None:  # once per turn: the first agent audio after the caller stopped
                 out.append(

@@ -113,7 +113,7 @@ def test_held_audio_past_the_bound_drops_the_oldest_frames_and_counts_them() -> 
 
 
 def test_each_audio_chunk_to_twilio_is_followed_by_a_uniquely_named_mark() -> None:
-    bridge = make_bridge()
+    bridge = make_bridge(media_chunk_bytes=160)
     start_session(bridge)
     msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 800, 10))
     assert [m["event"] for m in msgs] == ["media", "mark"] * 5
@@ -122,8 +122,33 @@ def test_each_audio_chunk_to_twilio_is_followed_by_a_uniquely_named_mark() -> No
     assert all(len(base64.b64decode(m["media"]["payload"])) == 160 for m in msgs if m["event"] == "media")
 
 
-def test_barge_in_clears_twilio_and_truncates_at_the_acknowledged_position() -> None:
+def test_a_delta_goes_out_as_media_of_at_most_100_ms_and_whole_frames() -> None:
+    bridge = make_bridge()  # the default: media_chunk_bytes=800
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 2000, 10))  # 250 ms
+    assert [m["event"] for m in msgs] == ["media", "mark"] * 3
+    sizes = [len(base64.b64decode(m["media"]["payload"])) for m in msgs if m["event"] == "media"]
+    assert sizes == [800, 800, 320]  # 40 ms of the delta's last 50 ms: whole frames only
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 120, 20))  # the 80 B left over + 120 = 200
+    assert [len(base64.b64decode(m["media"]["payload"])) for m in msgs if m["event"] == "media"] == [160]
+    msgs = twilio(bridge.handle(rt.AudioDone("resp_greet", "item_a"), 30))  # the rest, 40 B, at the item's end
+    assert [len(base64.b64decode(m["media"]["payload"])) for m in msgs if m["event"] == "media"] == [40]
+    assert bridge.agent_bytes_out == 2120
+
+
+def test_barge_in_truncates_at_the_last_acknowledged_100_ms_chunk_by_default() -> None:
     bridge = make_bridge()
+    start_session(bridge)
+    msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 2400, 10))  # 300 ms sent as 3 chunks
+    marks = [m["mark"]["name"] for m in msgs if m["event"] == "mark"]
+    bridge.handle(MarkAcknowledged(marks[0]), 110)  # Twilio played the first 100 ms
+    cmds = bridge.handle(rt.SpeechStarted(500, "item_user"), 150)
+    truncates = [e for e in realtime(cmds) if e["type"] == "conversation.item.truncate"]
+    assert [t["audio_end_ms"] for t in truncates] == [100]
+
+
+def test_barge_in_clears_twilio_and_truncates_at_the_acknowledged_position() -> None:
+    bridge = make_bridge(media_chunk_bytes=160)
     start_session(bridge)
     msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 1600, 10))  # 200 ms sent
     marks = [m["mark"]["name"] for m in msgs if m["event"] == "mark"]
@@ -139,7 +164,7 @@ def test_barge_in_clears_twilio_and_truncates_at_the_acknowledged_position() -> 
 
 
 def test_marks_echoed_after_a_clear_do_not_corrupt_the_next_response() -> None:
-    bridge = make_bridge()
+    bridge = make_bridge(media_chunk_bytes=160)
     start_session(bridge)
     first = twilio(deliver_audio(bridge, "resp_greet", "item_a", 800, 10))
     stale = [m["mark"]["name"] for m in first if m["event"] == "mark"]
@@ -313,7 +338,7 @@ def test_transfer_without_a_number_tells_the_model_and_the_call_goes_on() -> Non
 
 
 def test_transcript_keeps_caller_lines_and_cuts_agent_lines_to_what_was_heard() -> None:
-    bridge = make_bridge()
+    bridge = make_bridge(media_chunk_bytes=160)
     start_session(bridge)
     text = "Thank you for calling Acme Dental. How can I help you today?"
     msgs = twilio(deliver_audio(bridge, "resp_greet", "item_a", 8000, 10))  # 1 s

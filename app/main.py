@@ -23,7 +23,7 @@ from app.archive.router import router as calls_router
 from app.budget.ledger import BudgetLedger
 from app.budget.router import router as budget_router
 from app.budget.service import Budget, load_prices
-from app.calls.live import TakeoverListener
+from app.calls.live import TakeoverListener, stop_task
 from app.calls.media import router as media_router
 from app.calls.sweeper import run_sweeper
 from app.calls.tools import ToolRegistry, load_tool_modules
@@ -138,9 +138,8 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         try:
             yield
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            # Bounded: a loop whose cancellation a client library swallowed must not hold the shutdown.
+            await asyncio.gather(*(stop_task(t, name=t.get_name()) for t in background))
             await runtime.takeovers.stop()
             await runtime.twilio.aclose()
             await runtime.realtime.aclose()

@@ -1167,6 +1167,8 @@ def summarize(
     # The next hop: caller audio the node dropped (held while a Realtime session was not ready, past the bound
     # of BridgeConfig.max_buffered_frames), and what the emulator received.
     frames_dropped = sum(int(r.get("frames_dropped", 0)) for recs in ends.values() for _, r in recs)
+    # calls the node still holds after every caller hung up and the end-of-run wait (a call end that hangs)
+    left_open = sum(int(n.get("active") or 0) for n in samples[-1]["nodes"]) if samples else 0
     calls_dropping = sum(1 for recs in ends.values() if any(int(r.get("frames_dropped", 0)) for _, r in recs))
     out["frames"] = {
         "calls_completed": len(ok),
@@ -1182,6 +1184,7 @@ def summarize(
         "calls_end_not_logged": len(unlogged),
         "unlogged_frames_in_metric_total": bool(unlogged) and frames_metric - logged_in == unlogged_frames,
         "calls_frames_short": len(short),
+        "calls_left_open_on_node": left_open,
         "calls_not_completed": len(not_completed),
         "frames_dropped_by_node": frames_dropped,
         "calls_dropping_frames": calls_dropping,
@@ -1401,6 +1404,7 @@ def summarize(
     out["acceptance"] = {
         "every_frame_delivered": all_delivered,
         "every_call_placed": not failed,
+        "every_call_ended_on_node": left_open == 0 and not unlogged,
         "node_to_realtime_exact": frames_dropped == 0 and emulator_check["exact_match"],
         "turn_p99_stable": out["turns"]["p99_stable"],
         "memory_growth_under_1pct_per_10min": all(n["memory_ok"] for n in mem_nodes),
@@ -1589,6 +1593,8 @@ def print_report(cfg: Config, r: dict[str, Any]) -> None:
         + ("yes" if a["every_frame_delivered"] else "NO")
         + "; every call placed: "
         + ("yes" if a["every_call_placed"] else "NO")
+        + "; every call ended on the node: "
+        + ("yes" if a["every_call_ended_on_node"] else f"NO ({f['calls_left_open_on_node']} left open)")
         + "; node -> Realtime exact: "
         + ("yes" if a["node_to_realtime_exact"] else "NO")
         + "; turn p99 stable: "

@@ -52,7 +52,8 @@ async def drain(rt: Runtime, *, deadline_s: float) -> DrainReport:
     rt.draining = True
     rt.metrics.draining.set(1)
     at_start = len(rt.sessions)
-    log.warning("drain.started", active_calls=at_start, deadline_s=deadline_s)
+    finishing = {sid: p for sid, x in rt.sessions.items() if (p := getattr(x, "phase", "in call")) != "in call"}
+    log.warning("drain.started", active_calls=at_start, deadline_s=deadline_s, finishing=finishing)
     await _wait_until_empty(rt, loop.time() + deadline_s)
     finished = at_start - len(rt.sessions)
     remaining = list(rt.sessions.values())
@@ -60,7 +61,11 @@ async def drain(rt: Runtime, *, deadline_s: float) -> DrainReport:
         session.request_handover()
     await _wait_until_empty(rt, loop.time() + HANDOVER_WAIT_S)
     if rt.sessions:
-        log.error("drain.calls_left", call_sids=sorted(rt.sessions))
+        log.error(
+            "drain.calls_left",
+            call_sids=sorted(rt.sessions),
+            phases={sid: getattr(session, "phase", "?") for sid, session in rt.sessions.items()},
+        )
     report = DrainReport(at_start, finished, len(remaining), len(rt.sessions))
     log.warning("drain.finished", **{k: getattr(report, k) for k in report.__slots__})
     return report

@@ -23,6 +23,21 @@ log = structlog.get_logger()
 
 RETRY_BASE_S = 0.1
 RETRY_MAX_S = 2.0
+STOP_TIMEOUT_S = 2.0  # a task cancelled inside a Redis command may not stop (redis-py can swallow it)
+
+
+async def stop_task(task: asyncio.Task[None] | None, *, name: str, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Cancel ``task`` and wait for it, but not forever.
+
+    redis-py 8.1 can return a command's result to a task cancelled mid-command, losing the cancellation
+    (docs/RESILIENCE.md). A loop that then waits on a queue would keep its stopper waiting for good, and a
+    call's end (or a node's shutdown) with it. The loops below also check a closing flag."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    _done, pending = await asyncio.wait([task], timeout=timeout_s)
+    if pending:
+        log.warning("task.stop_timed_out", task=name, timeout_s=timeout_s)
 
 
 def line_to_dict(line: TranscriptLine) -> dict[str, Any]:
@@ -50,6 +65,7 @@ class LiveState:
         self.metrics = metrics
         self._queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.failures = 0
 
     def start(self) -> None:
@@ -78,9 +94,9 @@ class LiveState:
             return False
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop the writer (after ``flush``: what is still queued is dropped). Bounded in time."""
+        self._closing = True
+        await stop_task(self._task, name="live-state")
 
     async def _apply(self, kind: str, a: Any, b: Any) -> None:
         if kind == "meta":
@@ -91,10 +107,10 @@ class LiveState:
             await self.store.put_event(self.call_sid, a, b)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             kind, a, b = await self._queue.get()
             delay = RETRY_BASE_S
-            while True:
+            while not self._closing:
                 try:
                     await self._apply(kind, a, b)
                     break
@@ -131,9 +147,7 @@ class TakeoverListener:
             await self._subscribed.wait()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task, name="takeover-listener")
 
     async def _run(self) -> None:
         pattern = self.store.takeover_channel("*")

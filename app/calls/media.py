@@ -144,6 +144,7 @@ class CallSession:
         self._metered_frames = 0
         self._metered_bytes_out = 0
         self._frames_counted = (0, 0, 0)  # held, replayed, dropped caller frames already in the metrics
+        self.phase = "in call"  # then the step of _finish it is in: a drain names the steps calls hang in
         self._transcripts_settled = asyncio.Event()
         self._taken_over = asyncio.Event()
         self._handover = asyncio.Event()  # set: detach so the call resumes on another node
@@ -307,6 +308,8 @@ class CallSession:
             try:
                 await self._finish(direction)
             finally:  # last, once the stream is closed: a drain waits for this, then the server stops
+                # Active until here, archive included: a call whose end hangs stays visible as active.
+                rt.metrics.calls_active.dec()
                 if rt.sessions.get(self.start.call_sid) is self:
                     del rt.sessions[self.start.call_sid]
                     rt.sessions_changed.set()
@@ -803,6 +806,7 @@ class CallSession:
             self.final = False
             self.end_reason = "taken over by another stream"
             rt.metrics.streams_taken_over.inc()
+        self.phase = "finishing: waiting for its tasks"
         pending = list(self._tasks)
         if pending:
             # Hang-up and transfer REST calls complete; tools of a finished call need not.
@@ -814,12 +818,13 @@ class CallSession:
             tail: list[Command] = []
             bridge.finish(tail)
             await self._execute([c for c in tail if isinstance(c, SaveTranscript | RecordCallEvent)])
+        self.phase = "finishing: closing Realtime"
         if self.upstream is not None:
             await self.upstream.close()
-        rt.metrics.calls_active.dec()
         rt.metrics.frames_in.inc(bridge.frames_in)
         if self.final:
             rt.metrics.calls_ended.labels(self.status).inc()
+            self.phase = "finishing: releasing its budget reserve"
             try:
                 if hasattr(self, "meter"):
                     await self.meter.release()
@@ -827,6 +832,7 @@ class CallSession:
                 log.warning("budget.release_failed", call_sid=sid, error=repr(exc))
             self.live.meta({"status": "ended", "end_reason": self.end_reason})
             flushed = await self.live.flush(FLUSH_TIMEOUT_S)
+            self.phase = "finishing: archiving"
             try:
                 await archive_live_call(
                     rt,
@@ -847,7 +853,9 @@ class CallSession:
                     await rt.call_store.release_lease(sid, holder=self._holder)
                 except (RedisError, OSError):
                     pass
+        self.phase = "finishing: stopping its live-state writer"
         await self.live.close()
+        self.phase = "finishing: closing the stream"
         close_reason = "call taken over by another stream" if taken_over else self._close_reason
         await self._close(CLOSE_POLICY if taken_over else self._close_code, close_reason)
         self._count_held_frames()

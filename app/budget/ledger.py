@@ -184,6 +184,12 @@ class BudgetLedger:
         """The call has ended: what it held for its closing line goes back to the day's pool."""
         return int(await self._release(keys=self._reserve_keys(day), args=[call_sid]))
 
+    async def day_pool(self, day: date) -> tuple[int, int]:
+        """The day's spend and what the calls in progress hold for their closing lines, read together
+        (one MGET), so a charge that moves µ$ from a reserve into the spend is seen whole or not at all."""
+        spent, reserved = await self.redis.mget([self._day_key(day), self._reserve_keys(day)[2]])
+        return int(spent or 0), int(reserved or 0)
+
     async def day_reserved(self, day: date) -> int:
         return int(await self.redis.get(self._reserve_keys(day)[2]) or 0)
 

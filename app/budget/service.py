@@ -117,12 +117,12 @@ class Budget:
         day = self.today(now)
         caps = await self.caps_for(campaign_id)
         campaign_spent = await self.ledger.campaign_day_total(campaign_id, day) if campaign_id is not None else None
-        reserved = await self.ledger.day_reserved(day) if caps.per_day is not None else 0
+        spent, reserved = await self.ledger.day_pool(day)
         return admit_call(
-            await self.ledger.day_total(day),
+            spent,
             caps,
             campaign_day_spent=campaign_spent,
-            day_reserved=reserved,
+            day_reserved=reserved if caps.per_day is not None else 0,
             closing_reserve=self.closing_reserve(direction=direction) if caps.per_day is not None else 0,
         )
 

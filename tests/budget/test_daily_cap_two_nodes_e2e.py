@@ -51,6 +51,7 @@ CALLS = 10
 WANTED_TURNS = 8  # more than the day can pay for
 ZONE = "America/Chicago"
 AUDIO_OUT_MICROS_PER_TOKEN = 64
+CLOSING_RESERVE = 160 * AUDIO_OUT_MICROS_PER_TOKEN  # what each call holds for its closing line
 
 
 class TwilioRestDouble:
@@ -90,9 +91,9 @@ def response_costs(session: EmulatedSession) -> list[int]:
     ]
 
 
-async def converse(tw: TwilioStream, session: EmulatedSession, hung_up: asyncio.Event) -> int:
+async def converse(tw: TwilioStream, session: EmulatedSession, hung_up: asyncio.Event, may_leave: asyncio.Event) -> int:
     """The caller's side: hear the greeting, then take turns until the call is hung up on them, or
-    they have said all they wanted (then they hang up). Returns the turns taken."""
+    they have said all they wanted (then they hang up once ``may_leave`` is set). Returns the turns taken."""
     await agent_turn_played(tw, session, 0)
     turns = 0
     while turns < WANTED_TURNS and not closing_requested(session) and not hung_up.is_set():
@@ -100,12 +101,16 @@ async def converse(tw: TwilioStream, session: EmulatedSession, hung_up: asyncio.
         turns += 1
         reply = asyncio.ensure_future(agent_turn_played(tw, session, turns))
         hang = asyncio.ensure_future(hung_up.wait())
-        await asyncio.wait({reply, hang}, return_when=asyncio.FIRST_COMPLETED, timeout=30)
+        done, _ = await asyncio.wait({reply, hang}, return_when=asyncio.FIRST_COMPLETED, timeout=30)
         for task in (reply, hang):
             task.cancel()
         await asyncio.gather(reply, hang, return_exceptions=True)
+        assert done, f"turn {turns}: neither the agent's answer nor a hang-up within 30 s"
     if turns < WANTED_TURNS or closing_requested(session):
         await asyncio.wait_for(hung_up.wait(), 30)  # the closing line, then Twilio REST ends the call
+    # A call that ends gives what is left of its closing reserve back to the day's pool, which may then
+    # fit one more call: the stream stays up until the new calls have been tried.
+    await may_leave.wait()
     await tw.stop()
     await tw.wait_closed()
     return turns
@@ -139,29 +144,40 @@ async def test_ten_calls_on_two_nodes_keep_the_day_within_its_cap(
             assert opened_sid == sid
             tw = await stack.enter_async_context(TwilioStream.open(node, call_sid=sid, token=token, auto_ack=True))
             streams.append((tw, await emulator.wait_for_session(i)))
+        may_leave = asyncio.Event()
         callers = [
-            asyncio.ensure_future(converse(tw, session, twilio.event(sid)))
+            asyncio.ensure_future(converse(tw, session, twilio.event(sid), may_leave))
             for (tw, session), sid in zip(streams, sids, strict=True)
         ]
-        # The moment the first call is asked to close, the day's free pool is empty: a new call on
-        # either node is turned away politely, before any Realtime session opens for it.
+        # The first call is asked to close when its charge found the day's free pool empty. While no call
+        # ends (none hands its reserve back), what is free cannot fit a new call's closing reserve: a new
+        # call on either node is turned away politely, before any Realtime session opens for it.
         await asyncio.wait_for(
             asyncio.wait([asyncio.ensure_future(s.wait_for(_is_closing, 60)) for _, s in streams],
                          return_when=asyncio.FIRST_COMPLETED),
             60,
         )  # fmt: skip
+        spent, held = await ledger.day_pool(day)
+        assert CAP - spent - held < CLOSING_RESERVE, (spent, held)
         sessions_before = len(emulator.sessions)
         refused = [
             await post_webhook(node, "/twilio/voice", {"CallSid": call_sid(n0 + 100 + k), "From": "+12125550123",
                                                        "To": "+12125550100", "Direction": "inbound"})
             for k, node in enumerate(nodes)
         ]  # fmt: skip
+        may_leave.set()
         turns = await asyncio.wait_for(asyncio.gather(*callers), 120)
         day_total = await ledger.day_total(day)
         call_totals = [await ledger.call_total(sid) for sid in sids]
         reserved = await ledger.day_reserved(day)
         sessions_after = len(emulator.sessions)
+        # Every call has ended and handed back what it did not spend of its closing reserve: while that
+        # leaves room for another closing line, a new call is let in again.
+        assert CAP - day_total >= CLOSING_RESERVE, day_total
+        readmitted = await post_webhook(nodes[1], "/twilio/voice", {"CallSid": call_sid(n0 + 200),
+                                        "From": "+12125550123", "To": "+12125550100", "Direction": "inbound"})  # fmt: skip
     await redis.aclose()
+    assert [c.tag for c in ET.fromstring(readmitted.text)] == ["Connect", "Redirect"], readmitted.text
 
     # Every node turned the new call away with a message and a hang-up, and opened no session for it.
     for response in refused:

@@ -195,3 +195,33 @@ async def status_of(rt: Any, campaign_id: int) -> str:
     async with rt.sessionmaker() as session:
         campaign = await session.get(Campaign, campaign_id)
         return str(campaign.status)
+
+
+async def test_a_calls_spend_is_the_sum_of_its_responses_exact_costs(tmp_path: Path, redis_url: str) -> None:
+    """Estimates between usage events are replaced by the exact cost, never billed on top of it: agent
+    audio streamed before a ``response.done`` but metered after it belongs to that response."""
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps(AUDIO_ONLY))
+    config = EmulatorConfig(tts="synthetic", reply_text=lambda _: "Noted. Anything else today?")
+    async with RealtimeEmulator(config) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url, price_table_file=str(prices))
+        async with serve(settings) as base:
+            sid, token = await open_call(base, 9911)
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                session = await emulator.wait_for_session(0)
+                await agent_turn_played(tw, session, 0)
+                for turn in (1, 2, 3):
+                    await say_turn(tw)
+                    await agent_turn_played(tw, session, turn)
+                await tw.stop()
+                await tw.wait_closed()
+        ledger = BudgetLedger(Redis.from_url(redis_url))
+        total = await ledger.call_total(sid)
+        await ledger.redis.aclose()
+    exact = [
+        e["response"]["usage"]["output_token_details"]["audio_tokens"] * 64
+        for e in session.sent
+        if e["type"] == "response.done" and e["response"].get("usage")
+    ]
+    assert len(exact) == 4 and all(exact)
+    assert total == sum(exact), (total, exact)

@@ -105,3 +105,12 @@ async def test_telephony_minutes_are_billed_once_across_nodes(ledger: BudgetLedg
     assert await ledger.claim_minutes("CAmoved", 2) == 0  # B, 1:30 into the call: nothing new
     assert await ledger.claim_minutes("CAmoved", 1) == 0
     assert await ledger.claim_minutes("CAmoved", 4) == 2  # B missed a tick: both minutes, once
+
+
+async def test_the_pool_is_read_as_one_snapshot_of_spend_and_reserves(ledger: BudgetLedger) -> None:
+    assert await ledger.day_pool(DAY) == (0, 0)
+    await charge(ledger, "CA1", 85_000)
+    await charge(ledger, "CA2", 0)
+    assert await ledger.day_pool(DAY) == (85_000, 15_000)
+    await ledger.release(call_sid="CA1", day=DAY)  # a call that ended hands its reserve back
+    assert await ledger.day_pool(DAY) == (85_000, 5_000)

@@ -387,6 +387,13 @@ async def agent_turn_played(tw: TwilioStream, session: Any, response_index: int 
             await tw._new.wait()
 
 
+async def upstream_closed(*sessions: Any, timeout: float = 15.0) -> None:
+    """Wait until each emulator session has seen its socket close, so all it received is counted."""
+    async with asyncio.timeout(timeout):
+        for session in sessions:
+            await session.closed.wait()
+
+
 async def say_turn(tw: TwilioStream) -> None:
     """One caller turn: speech, then enough silence for the server VAD to end it."""
     for frame in speech_frames(0.5):

@@ -102,7 +102,7 @@ class RealtimeEmulator:
     ) -> None:
         await self.close()
 
-    async def wait_for_session(self, index: int, timeout: float = 5.0) -> EmulatedSession:
+    async def wait_for_session(self, index: int, timeout: float = 15.0) -> EmulatedSession:
         """The ``index``-th session ever opened (0-based), once it exists."""
         async with self._new_session:
             await asyncio.wait_for(self._new_session.wait_for(lambda: self._session_count > index), timeout)

@@ -219,11 +219,11 @@ class EmulatedSession:
     def input_audio_ms(self) -> float:
         return self._input_ms
 
-    async def wait_for(self, predicate: EventPredicate, timeout: float = 5.0, *, start: int = 0) -> dict[str, Any]:
+    async def wait_for(self, predicate: EventPredicate, timeout: float = 15.0, *, start: int = 0) -> dict[str, Any]:
         """The first received client event (from index ``start``) matching ``predicate``."""
         return await self._received.wait(predicate, timeout, start)
 
-    async def wait_sent(self, predicate: EventPredicate, timeout: float = 5.0, *, start: int = 0) -> dict[str, Any]:
+    async def wait_sent(self, predicate: EventPredicate, timeout: float = 15.0, *, start: int = 0) -> dict[str, Any]:
         """The first sent server event (from index ``start``) matching ``predicate``."""
         return await self._sent.wait(predicate, timeout, start)
 

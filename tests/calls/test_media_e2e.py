@@ -19,6 +19,7 @@ from tests.support import (
     serve,
     speech_frames,
     tone_frames,
+    upstream_closed,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
@@ -37,6 +38,7 @@ async def test_caller_audio_arrives_as_24k_pcm_three_samples_per_mulaw_sample(
                 await tw.media(frame)
             await tw.stop()
             await tw.wait_closed()
+            await upstream_closed(session)
     upstream = np.frombuffer(bytes(session.audio_in), dtype=np.int16).astype(np.float64)
     reference_path = CallerAudioPath("pcm24k", settings.resample_quality)
     for frame in frames:
@@ -66,6 +68,7 @@ async def test_pcmu_mode_forwards_mulaw_untouched(tmp_path: Path, emulator: Real
                 await tw.media(frame)
             await tw.stop()
             await tw.wait_closed()
+            await upstream_closed(session)
     assert session.session_config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert bytes(session.audio_in) == b"".join(frames)
     assert session.binary_frames == 0  # JSON events travel as text frames, as the SDK sends them

@@ -35,7 +35,8 @@ async def lines_stored(redis_url: str, sid: str, n: int) -> None:
     try:
         await redis.config_set("notify-keyspace-events", "Kh")
         async with redis.pubsub() as pubsub:
-            await pubsub.subscribe(f"__keyspace@0__:{key}")
+            db = redis.connection_pool.connection_kwargs.get("db", 0)
+            await pubsub.subscribe(f"__keyspace@{db}__:{key}")
             async with asyncio.timeout(10):
                 while await redis.hlen(key) < n:
                     await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)

@@ -11,7 +11,7 @@ import pytest
 
 from app.core.stream_token import issue_stream_token
 from app.emulator.server import RealtimeEmulator
-from tests.support import PUBLIC_BASE, TwilioStream, make_settings, open_call, serve, sign, tone_frames
+from tests.support import PUBLIC_BASE, TwilioStream, make_settings, open_call, serve, sign, tone_frames, upstream_closed
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 
@@ -84,6 +84,7 @@ async def test_malformed_frames_are_skipped_and_an_oversized_frame_ends_only_tha
                 await b.wait_closed()
 
             await asyncio.gather(misbehave(), behave())
+            await upstream_closed(session_a, session_b)
     assert (a.close_code, a.close_reason) == (1009, f"frame larger than {settings.max_ws_message_bytes} bytes")
     assert b.close_code == 1000
     # Which emulator session served which call depends on connection order: tell them apart by audio length.

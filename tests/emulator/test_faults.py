@@ -99,9 +99,9 @@ async def test_response_delay_holds_back_the_first_output_event() -> None:
     config = fast_config(faults=Faults(response_delay_s=0.3))
     async with RealtimeEmulator(config) as emu, connect(emu) as client:
         loop = asyncio.get_running_loop()
+        asked_at = loop.time()  # before the request: the delay starts later, so the bound is causal
         await client.send({"type": "response.create"})
         await client.recv_until("response.created")
-        created_at = loop.time()
         await client.recv_until("response.output_item.added")
-        assert loop.time() - created_at >= 0.25
+        assert loop.time() - asked_at >= 0.3
         assert (await client.recv_until("response.done"))[-1]["response"]["status"] == "completed"

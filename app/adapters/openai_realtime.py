@@ -20,6 +20,9 @@ class RealtimeUpstream(Protocol):
     async def close(self) -> None: ...
 
 
+CLOSE_TIMEOUT_S = 1.0
+
+
 class OpenAIRealtimeUpstream:
     """One Realtime session over the SDK connection.
 
@@ -34,6 +37,10 @@ class OpenAIRealtimeUpstream:
     def __init__(self, conn: AsyncRealtimeConnection) -> None:
         self._conn = conn
         raw = getattr(conn, "_connection", None)
+        if isinstance(raw, ClientConnection):
+            # A closing handshake waits on the peer's close frame, which sits behind any events nobody
+            # reads any more: give up (and drop the connection) after a second, not websockets' 10 s.
+            raw.close_timeout = CLOSE_TIMEOUT_S
         self._send_text: Callable[..., Awaitable[None]] | None = raw.send if isinstance(raw, ClientConnection) else None
 
     @property

@@ -89,6 +89,9 @@ START_TIMEOUT_S = 10.0
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0
 TICK_S = 0.25
 TRANSCRIPT_WAIT_S = 1.5
+# Once the server has ended a call, the caller's last words may still be transcribed for this long
+# before the Realtime session is closed (the session closes within a second of the decision).
+ENDED_TRANSCRIPT_WAIT_S = 0.75
 PUMP_STOP_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5.0
 BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -136,6 +139,7 @@ class CallSession:
         self._closed = False
         self._stopped = False
         self._ending = False
+        self._server_ended = False  # we decided the call is over: no caller audio upstream, no new session
         self._rolling_over = False
         self._close_reason = "call ended"
         self._close_code = CLOSE_NORMAL
@@ -409,7 +413,7 @@ class CallSession:
         deadline_s = rt.settings.upstream_recovery_deadline_s
         lost_at: float | None = None
         attempt = 0
-        while True:
+        while not self._server_ended:
             try:
                 with rt.metrics.upstream_connect_seconds.time():
                     async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
@@ -424,6 +428,9 @@ class CallSession:
                 await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)] or 0.05)
                 attempt += 1
                 continue
+            if self._server_ended:  # the call ended while this session was opening
+                await upstream.close()
+                return
             self.upstream = upstream
             self._upstream_opened_at = self._loop.time()
             await self._execute(bridge.handle(UpstreamReady(), self.now_ms()))
@@ -466,7 +473,7 @@ class CallSession:
             try:
                 raw = await recv()
             except ConnectionClosed as exc:
-                if self._ending:
+                if self._ending or self._server_ended:
                     return None
                 if self._rolling_over:
                     self._rolling_over = False
@@ -485,7 +492,7 @@ class CallSession:
             commands = handle(ev, now_ms())
             if commands:
                 await execute(commands)
-            if self._stopped and not bridge.awaiting_transcription:
+            if (self._stopped or self._server_ended) and not bridge.awaiting_transcription:
                 self._transcripts_settled.set()
 
     async def _upstream_failed(self, error: str) -> None:
@@ -625,6 +632,7 @@ class CallSession:
             elif kind is RunTool:
                 self._spawn(self._run_tool(command), "tool")  # type: ignore[arg-type]
             elif kind is HangUp or kind is TransferCall:
+                self._server_ends()
                 self._spawn(self._end_call(command), "end-call")  # type: ignore[arg-type]
             elif kind is OptOut:
                 self._spawn(self._opt_out(command), "opt-out")  # type: ignore[arg-type]
@@ -657,6 +665,8 @@ class CallSession:
         seconds_in = (bridge.frames_in - self._metered_frames) * 0.02
         seconds_out = (bridge.agent_bytes_out - self._metered_bytes_out) / 8000
         self._metered_frames, self._metered_bytes_out = bridge.frames_in, bridge.agent_bytes_out
+        if self._server_ended:
+            return  # caller audio goes nowhere now; a last usage event is still charged as it arrives
         try:
             await self.meter.estimate(seconds_in, seconds_out, now)
             await self.meter.telephony((self.now_ms() - bridge.started_at_ms) / 1000, now)
@@ -685,8 +695,13 @@ class CallSession:
     async def _enforced(self, action: str, verdict: CapVerdict) -> None:
         self._event(f"budget_{action}", {"cap": verdict.cap, "spent_micros": verdict.spent, "limit_micros": verdict.limit,
                                          "reason": verdict.reason})  # fmt: skip
-        await self.rt.budget.record(
-            action, verdict, now=datetime.now(UTC), call_sid=self.start.call_sid, campaign_id=self.meter.campaign_id
+        # A task of the call's own: a hard stop ends the pumps (the ticker among them) at once, and the
+        # call's end waits for its tasks, so the record is written whatever stops first.
+        self._spawn(
+            self.rt.budget.record(
+                action, verdict, now=datetime.now(UTC), call_sid=self.start.call_sid, campaign_id=self.meter.campaign_id
+            ),
+            "budget-record",
         )
 
     def _event(self, kind: str, detail: dict[str, Any]) -> None:
@@ -753,6 +768,29 @@ class CallSession:
             return
         self._event("opted_out", {"phone": phone, "source": command.source, "reason": command.reason})
         log.info("call.opted_out", source=command.source)
+
+    def _server_ends(self) -> None:
+        """We decided the call is over (hang-up, transfer, a hard stop): caller audio stops going
+        upstream at once (the bridge drops it), the Realtime session closes within a second, then the
+        hang-up or transfer goes through Twilio REST and the stream is closed from our side, whether or
+        not the carrier ends it."""
+        if self._server_ended:
+            return
+        self._server_ended = True
+        self._spawn(self._close_upstream_after_last_words(), "close-upstream")
+
+    async def _close_upstream_after_last_words(self) -> None:
+        self._transcripts_settled.clear()
+        if self.bridge.awaiting_transcription and not self.bridge.stopped_hard:
+            try:
+                async with asyncio.timeout(ENDED_TRANSCRIPT_WAIT_S):
+                    await self._transcripts_settled.wait()
+            except TimeoutError:
+                pass
+        upstream = self.upstream
+        if upstream is not None:
+            await upstream.close()
+        self._event("upstream_closed", {"reason": "call ended"})
 
     async def _end_call(self, command: HangUp | TransferCall) -> None:
         """Hang up or transfer through Twilio REST; if REST fails, close the stream and let the

@@ -262,6 +262,7 @@ class CallBridge:
         self._end_call_id: str | None = None
         self._end_deadline_ms = 0
         self.ended = False
+        self.stopped_hard = False  # ended by a cap's hard stop: no waiting for anything before closing
         self.wrapping_up = False
         self._response_token_limit: int | None = None
         self._turn_stopped_ms: int | None = None
@@ -317,6 +318,8 @@ class CallBridge:
 
     def _on_media(self, ev: MediaReceived, now_ms: int) -> list[Command]:
         self.frames_in += 1
+        if self.ended:
+            return []  # the call is over on our side: nothing more goes upstream (or costs anything)
         audio = self._caller_audio.convert(ev.payload)
         if not self.upstream_ready:
             self.frames_held += 1
@@ -433,8 +436,8 @@ class CallBridge:
         )
 
     def _on_audio_delta(self, ev: rt.AudioDelta, now_ms: int) -> list[Command]:
-        if ev.response_id in self._muted_responses or self._twilio is None:
-            return []
+        if self.ended or ev.response_id in self._muted_responses or self._twilio is None:
+            return []  # after the end (a hard stop mid-sentence) nothing more is played
         self.greeted = True
         item = self._item(ev.item_id, ev.response_id, now_ms)
         if item is None:
@@ -738,8 +741,13 @@ class CallBridge:
         if self.ended:
             return []
         self.ended = True
+        self.stopped_hard = True
         self._end_action = None
-        return [RecordCallEvent("call_ending", {"action": "HangUp", "reason": ev.reason}), HangUp(ev.reason)]
+        out: list[Command] = []
+        if self._server_response is not None:  # whatever it is still saying is never played: stop paying for it
+            out.append(SendToRealtime(rt.response_cancel(self._server_response)))
+        out += [RecordCallEvent("call_ending", {"action": "HangUp", "reason": ev.reason}), HangUp(ev.reason)]
+        return out
 
     def _cancel_hang_up(self, out: list[Command]) -> None:
         """The caller spoke before the goodbye finished: do not hang up on them."""

@@ -88,6 +88,11 @@ def response_create(event_id: str, instructions: str | None = None, max_output_t
     return orjson.dumps({"type": "response.create", "event_id": event_id, "response": response})
 
 
+def response_cancel(response_id: str) -> bytes:
+    """response.cancel for the response in progress: it stops generating (and costing) at once."""
+    return orjson.dumps({"type": "response.cancel", "response_id": response_id})
+
+
 def item_truncate(item_id: str, audio_end_ms: int) -> bytes:
     return orjson.dumps(
         {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_end_ms}

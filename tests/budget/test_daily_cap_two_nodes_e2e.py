@@ -55,11 +55,15 @@ CLOSING_RESERVE = 160 * AUDIO_OUT_MICROS_PER_TOKEN  # what each call holds for i
 
 
 class TwilioRestDouble:
-    """Answers ``POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`` like Twilio and records it."""
+    """Answers ``POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`` like Twilio and records it.
 
-    def __init__(self) -> None:
+    A hang-up is answered once ``may_answer`` is set: until then the call it ends cannot finish on our
+    side, so its closing reserve stays held."""
+
+    def __init__(self, may_answer: asyncio.Event) -> None:
         self.updates: dict[str, dict[str, str]] = {}
         self.hung_up: dict[str, asyncio.Event] = {}
+        self.may_answer = may_answer
         self.app = Starlette(
             routes=[Route("/2010-04-01/Accounts/{account}/Calls/{sid}.json", self.update, methods=["POST"])]
         )
@@ -75,6 +79,7 @@ class TwilioRestDouble:
             return JSONResponse({"code": 20404, "message": "not found", "status": 404}, status_code=404)
         if form.get("Status") == "completed":
             self.event(sid).set()
+            await self.may_answer.wait()
         return JSONResponse({"sid": sid, "status": "completed" if form.get("Status") else "in-progress"})
 
 
@@ -109,7 +114,7 @@ async def converse(tw: TwilioStream, session: EmulatedSession, hung_up: asyncio.
     if turns < WANTED_TURNS or closing_requested(session):
         await asyncio.wait_for(hung_up.wait(), 30)  # the closing line, then Twilio REST ends the call
     # A call that ends gives what is left of its closing reserve back to the day's pool, which may then
-    # fit one more call: the stream stays up until the new calls have been tried.
+    # fit one more call: the caller stays on the line until the new calls have been tried.
     await may_leave.wait()
     await tw.stop()
     await tw.wait_closed()
@@ -126,7 +131,10 @@ async def test_ten_calls_on_two_nodes_keep_the_day_within_its_cap(
     await redis.delete(*[f"sb:spend:{k}" for k in (f"day:{day}", f"reserve:{day}", f"reserve:{day}:touched",
                                                     f"reserve:{day}:total")])  # fmt: skip
     ledger = BudgetLedger(redis)
-    twilio = TwilioRestDouble()
+    # Until the new calls have been tried, no call may end: not by its caller, nor by the server (which
+    # ends a wrapped-up call once Twilio has taken its hang-up).
+    may_leave = asyncio.Event()
+    twilio = TwilioRestDouble(may_leave)
     config = EmulatorConfig(tts="synthetic", reply_text=lambda heard: "Noted. Anything else today?")
     n0 = uuid.uuid4().int % (1 << 96)
     sids = [call_sid(n0 + i) for i in range(CALLS)]
@@ -144,7 +152,6 @@ async def test_ten_calls_on_two_nodes_keep_the_day_within_its_cap(
             assert opened_sid == sid
             tw = await stack.enter_async_context(TwilioStream.open(node, call_sid=sid, token=token, auto_ack=True))
             streams.append((tw, await emulator.wait_for_session(i)))
-        may_leave = asyncio.Event()
         callers = [
             asyncio.ensure_future(converse(tw, session, twilio.event(sid), may_leave))
             for (tw, session), sid in zip(streams, sids, strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 import xml.etree.ElementTree as ET
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -206,7 +207,7 @@ async def test_a_calls_spend_is_the_sum_of_its_responses_exact_costs(tmp_path: P
     async with RealtimeEmulator(config) as emulator:
         settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url, price_table_file=str(prices))
         async with serve(settings) as base:
-            sid, token = await open_call(base, 9911)
+            sid, token = await open_call(base, uuid.uuid4().int % (1 << 90))
             async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
                 session = await emulator.wait_for_session(0)
                 await agent_turn_played(tw, session, 0)

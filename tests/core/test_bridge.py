@@ -454,6 +454,29 @@ def test_a_hard_stop_hangs_up_at_once_and_only_once() -> None:
     assert bridge.handle(HardStop("again"), 20) == []
 
 
+def test_a_hard_stop_cancels_the_response_in_progress_and_nothing_more_flows_either_way() -> None:
+    bridge = make_bridge()
+    start_session(bridge)  # the greeting is being generated
+    deliver_audio(bridge, "resp_greet", "item_1", 1600, 2)
+    stop = bridge.handle(HardStop("runaway"), 10)
+    assert [e for e in realtime(stop)] == [{"type": "response.cancel", "response_id": "resp_greet"}]
+    assert bridge.ended and bridge.stopped_hard
+    # caller audio goes nowhere (nothing appended, nothing held), agent audio still arriving is not played
+    assert bridge.handle(MediaReceived(b"\x00" * 160), 30) == []
+    assert deliver_audio(bridge, "resp_greet", "item_1", 1600, 40) == []
+    assert bridge.frames_in == 1 and bridge.frames_held == 0
+
+
+def test_after_the_goodbye_hang_up_caller_audio_is_no_longer_sent() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    assert of(bridge.handle(WrapUp("Close now.", "per-call cap", 0), 6), SendToRealtime)
+    assert of(bridge.handle(Tick(), 10), HangUp)  # nothing in flight: the hang-up goes at once
+    assert bridge.handle(MediaReceived(b"\x00" * 160), 20) == []
+    assert not bridge.stopped_hard
+
+
 def test_after_a_loss_a_question_already_transcribed_is_answered_by_the_new_session() -> None:
     bridge = make_bridge()
     start_session(bridge)

@@ -1,0 +1,91 @@
+"""A stop stops the spending, whatever the carrier does: a per-call cap on a call whose agent keeps
+answering and whose carrier never ends the media stream (nor acts on the REST hang-up)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+from redis.asyncio import Redis
+
+from app.budget.ledger import BudgetLedger
+from app.emulator.config import EmulatorConfig
+from app.emulator.server import RealtimeEmulator
+from tests.budget.test_enforcement_e2e import LONG_REPLY, enforcements
+from tests.support import (
+    ACCOUNT_SID,
+    SILENCE,
+    TWILIO_API,
+    TwilioStream,
+    archived,
+    make_settings,
+    open_call,
+    post_webhook,
+    serve,
+    speech_frames,
+    upstream_closed,
+)
+
+pytestmark = pytest.mark.asyncio
+
+CAP_USD = 0.01
+
+
+async def keep_talking(tw: TwilioStream) -> int:
+    """A carrier that never ends the stream: the caller's audio on its 20 ms clock, speech then
+    silence, until the server closes the socket. Returns the frames sent."""
+    loop = asyncio.get_running_loop()
+    frames = speech_frames(1.0) + [SILENCE] * 40
+    sent = 0
+    start = loop.time()
+    with contextlib.suppress(Exception):
+        while not tw._reader.done():
+            await tw.media(frames[sent % len(frames)])
+            sent += 1
+            await asyncio.sleep(max(0.0, start + sent * 0.02 - loop.time()))
+    return sent
+
+
+async def test_a_hard_stop_closes_the_realtime_session_and_the_stream_though_the_carrier_never_hangs_up(
+    tmp_path: Path, redis_url: str
+) -> None:
+    config = EmulatorConfig(tts="synthetic", transcripts=["Tell me everything."], reply_text=lambda _: LONG_REPLY)
+    async with RealtimeEmulator(config) as emulator, respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        hang_ups = mock.post(url__regex=rf"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/CA\w+\.json").mock(
+            side_effect=lambda request: httpx.Response(
+                200, json={"sid": request.url.path.rsplit("/", 1)[-1][:-5], "status": "in-progress"}
+            )  # accepted, then nothing happens
+        )
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url, budget_per_call_usd=CAP_USD)
+        async with serve(settings) as base:
+            sid, token = await open_call(base, uuid.uuid4().int % (1 << 90))
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                session = await emulator.wait_for_session(0)
+                frames_sent = await asyncio.wait_for(keep_talking(tw), 120)  # until the server closes it
+                await upstream_closed(session)
+            record = await archived(base, settings, sid)
+            resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
+        ledger = BudgetLedger(Redis.from_url(redis_url))
+        spent = await ledger.call_total(sid)
+        await ledger.redis.aclose()
+
+    assert frames_sent > 0 and (tw.close_code, tw.close_reason) == (1000, "call ended")
+    events = {e["kind"]: e for e in record["events"]}
+    assert "budget_hard_stop" in events, sorted(events)
+    stopped_at = events["budget_hard_stop"]["offset_ms"]
+    # The server closed the Realtime session within a second of the hard stop, by itself.
+    assert events["upstream_closed"]["offset_ms"] - stopped_at < 1000
+    assert hang_ups.called
+    # The spend stays within the cap and the closing line's reserve.
+    assert spent < 15_000, spent
+    records = await enforcements(settings.effective_database_url)
+    assert [r.action for r in records if r.call_sid == sid].count("hard_stop") == 1
+    # Twilio follows the <Redirect> once the stream is closed: an ended call is hung up, not resumed.
+    assert [c.tag for c in ET.fromstring(resume.text)] == ["Hangup"]

@@ -20,6 +20,7 @@ from app.adapters.twilio_rest import TwilioRest
 from app.archive.redaction import redactor
 from app.archive.retention import run_retention
 from app.archive.router import router as calls_router
+from app.auth.keys import Principal, authenticate
 from app.budget.ledger import BudgetLedger
 from app.budget.router import router as budget_router
 from app.budget.service import Budget, load_prices
@@ -36,6 +37,7 @@ from app.db import make_engine, make_sessionmaker
 from app.dialer.policy import Jurisdiction
 from app.dialer.router import router as dialer_router
 from app.dialer.worker import Dialer
+from app.http_guard import FailureBudget, RequestGuard
 from app.observability import Metrics, watch_event_loop_lag
 from app.problems import install_problem_handlers, problem_response
 from app.runtime import Runtime, make_redis
@@ -148,6 +150,19 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
 
     app = FastAPI(title="Switchboard", version="0.1.0", lifespan=lifespan)
     install_problem_handlers(app)
+
+    async def authenticate_key(token: str) -> Principal | None:
+        async with app.state.runtime.sessionmaker() as session:
+            return await authenticate(session, token)
+
+    app.state.auth_failures = FailureBudget()  # API keys and console sign-ins, per client, shared
+    app.add_middleware(
+        RequestGuard,
+        authenticate=authenticate_key,
+        failures=app.state.auth_failures,
+        small_body_bytes=settings.max_body_bytes,
+        bulk_body_bytes=settings.max_import_body_bytes,
+    )
     app.include_router(webhooks_router)
     app.include_router(media_router)
     app.include_router(calls_router)

@@ -37,7 +37,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "HTTP error")
+        title = {404: "Not Found", 405: "Method Not Allowed", 413: "Payload too large"}.get(
+            exc.status_code, "HTTP error"
+        )
         return problem_response(exc.status_code, title, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     stream_token_secret: SecretStr | None = None
     stream_token_ttl_s: int = 120
     max_ws_message_bytes: int = 64 * 1024
+
+    # HTTP request bodies: most routes take small JSON or forms; contact, DNC and registry imports more
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_import_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_bad_frames: int = 50
 
     # Dialer

@@ -87,11 +87,14 @@ def require_role(*allowed: Role) -> Callable[[Request, AsyncSession], Awaitable[
     """Dependency: 401 without a valid key, 403 when its role is not allowed (admin always is)."""
 
     async def dependency(request: Request, session: SessionDep) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            token = request.headers.get("x-api-key", "")
-        principal = await authenticate(session, token.strip()) if token else None
+        # Found by the request guard (app/http_guard.py) before the body was read; else looked up here.
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                token = request.headers.get("x-api-key", "")
+            principal = await authenticate(session, token.strip()) if token else None
         if principal is None:
             raise ProblemError(401, "Unauthorized", "A valid API key is required (Authorization: Bearer sb_...).")
         if principal.role is not Role.admin and principal.role not in allowed:

@@ -32,8 +32,18 @@ from app.auth.models import ApiKey
 from app.console import present
 from app.console.filters import read_filter_form
 from app.console.live import live_calls
-from app.console.sessions import CSRF_COOKIE, SESSION_COOKIE, ConsoleSession, SessionCodec, load_secret, tokens_match
+from app.console.sessions import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    ConsoleSession,
+    SessionCodec,
+    load_secret,
+    revoke_session,
+    session_revoked,
+    tokens_match,
+)
 from app.db import SessionDep
+from app.http_guard import FailureBudget, key_id_of
 from app.runtime import Runtime
 
 log = structlog.get_logger()
@@ -177,6 +187,8 @@ async def _viewer(request: Request, db: AsyncSession) -> Viewer | Literal["revok
     session = _codec(request).load_session(cookie, now=time.time())
     if session is None:
         return "expired"
+    if await session_revoked(_runtime(request).redis, session):
+        return "expired"
     principal = await _principal_for(db, session.key_id)
     if principal is None:
         log.info("console.session_refused", key_id=session.key_id, reason="key revoked or unknown")
@@ -269,6 +281,13 @@ async def login(
     if not tokens_match(codec.login_token(request.cookies.get(CSRF_COOKIE), now=now), csrf_token):
         return _csrf_refused(request, None)
     api_key = api_key.strip()
+    budget: FailureBudget = request.app.state.auth_failures
+    client = request.client.host if request.client else "unknown"
+    wait = budget.retry_after(client, time.monotonic())
+    if wait is not None:
+        log.warning("console.login_throttled", client=client, retry_after_s=round(wait))
+        message = f"Too many failed sign-ins from this address. Try again in {int(wait) + 1} seconds."
+        return _login_page(request, next_path=next_path, error=message, status_code=429)
     principal = None
     if api_key:
         try:
@@ -277,7 +296,9 @@ async def login(
             principal = None
     if principal is None:
         message = await _refusal(db, api_key) if api_key else "Enter an API key."
-        log.info("console.login_refused", detail=message.split(".")[0])
+        if api_key:
+            budget.failed(client, time.monotonic())
+        log.warning("console.login_refused", detail=message.split(".")[0], key_id=key_id_of(api_key), client=client)
         return _login_page(request, next_path=next_path, error=message, status_code=401)
     session = codec.new_session(principal.key_id, now=now)
     response = RedirectResponse(next_path, status_code=303, headers=HEADERS)
@@ -311,6 +332,9 @@ async def logout(
         return _csrf_refused(request, viewer)
     response = RedirectResponse("/console/login?reason=signed_out", status_code=303, headers=HEADERS)
     _clear_session(request, response)
+    # The cookie is deleted here, but a copy of it (another tab, a stolen one) must stop working too.
+    await revoke_session(_runtime(request).redis, viewer.session, now=time.time())
+    log.info("console.logout", key_id=viewer.principal.key_id)
     return response
 
 

@@ -8,6 +8,7 @@ signed out at its next request. Before sign-in, a signed CSRF cookie guards the 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -15,9 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from itsdangerous import BadData, URLSafeSerializer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.settings import Settings
+
+log = structlog.get_logger()
 
 SESSION_COOKIE = "sb_console"
 CSRF_COOKIE = "sb_console_csrf"
@@ -138,3 +144,29 @@ def _loads(serializer: URLSafeSerializer, value: str | None) -> Any:
         return serializer.loads(value)
     except BadData:  # a forged, truncated or foreign value
         return None
+
+
+# -- server-side revocation (sign-out) ------------------------------------------------------------
+# A signed cookie cannot be taken back by deleting it in one browser: sign-out records the session
+# (by a hash of its CSRF token, unique per session) in Redis until the cookie would have expired.
+
+
+def _revocation_key(session: ConsoleSession) -> str:
+    return "sb:console:revoked:" + hashlib.sha256(session.csrf.encode()).hexdigest()[:32]
+
+
+async def revoke_session(redis: Redis, session: ConsoleSession, *, now: float) -> None:
+    ttl = max(1, int(session.expires_at - now))
+    try:
+        await redis.set(_revocation_key(session), "1", ex=ttl)
+    except (RedisError, OSError) as exc:
+        log.error("console.session_revocation_failed", key_id=session.key_id, error=repr(exc))
+
+
+async def session_revoked(redis: Redis, session: ConsoleSession) -> bool:
+    """Signed out on the server. With Redis away the session stands (the key is still checked)."""
+    try:
+        return bool(await redis.exists(_revocation_key(session)))
+    except (RedisError, OSError) as exc:
+        log.warning("console.session_revocation_unchecked", key_id=session.key_id, error=repr(exc))
+        return False

@@ -31,7 +31,6 @@ from app.problems import ProblemError
 
 router = APIRouter(prefix="/api/v1", tags=["dialer"], dependencies=[Depends(require_role(Role.ops))])
 
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 ABANDON_AFTER_MS = 2000
 Purpose = Literal["marketing", "informational", "healthcare", "emergency"]
 
@@ -283,12 +282,16 @@ async def import_contacts_json(campaign_id: int, items: list[dict[str, Any]], se
 
 @router.post("/campaigns/{campaign_id}/contacts/csv", response_model=ImportResult)
 async def import_contacts_csv(
-    campaign_id: int, session: SessionDep, file: Annotated[UploadFile, File(description="CSV with a header row")]
+    campaign_id: int,
+    request: Request,
+    session: SessionDep,
+    file: Annotated[UploadFile, File(description="CSV with a header row")],
 ) -> ImportResult:
     campaign = await _campaign(session, campaign_id)
-    data = await file.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise ProblemError(413, "File too large", f"CSV uploads are limited to {MAX_UPLOAD_BYTES} bytes.")
+    limit = request.app.state.runtime.settings.max_import_body_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise ProblemError(413, "File too large", f"CSV uploads are limited to {limit} bytes.")
     return await _import(session, campaign, await asyncio.to_thread(parse_contacts_csv, data, now=utcnow()))
 
 

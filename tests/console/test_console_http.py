@@ -132,6 +132,38 @@ async def test_logout_is_a_post_that_needs_the_session_csrf_token(tmp_path: Path
     assert after.status_code == 303 and after.headers["location"].startswith("/console/login")
 
 
+async def test_a_copy_of_the_session_cookie_stops_working_once_its_session_signed_out(tmp_path: Path) -> None:
+    settings = console_settings(tmp_path)
+    key = await key_for(settings.effective_database_url, Role.supervisor)
+    async with serve(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        await sign_in(client, key)
+        token = csrf_token((await client.get("/console")).text)
+        copied = client.cookies[SESSION_COOKIE]  # another tab, or a cookie taken from this browser
+        out = await client.post("/console/logout", data={"csrf_token": token})
+        assert out.status_code == 303
+        async with httpx.AsyncClient(base_url=base, cookies={SESSION_COOKIE: copied}) as other:
+            replayed = await other.get("/console")
+            json_replayed = await other.get("/console/live.json")
+        # A new sign-in is a new session, unaffected by the old one's sign-out.
+        assert (await sign_in(client, key)).status_code == 303
+        fresh = await client.get("/console")
+    assert replayed.status_code == 303 and replayed.headers["location"].startswith("/console/login")
+    assert json_replayed.status_code in (303, 401)
+    assert fresh.status_code == 200
+
+
+async def test_failed_sign_ins_from_one_address_are_throttled(tmp_path: Path) -> None:
+    settings = console_settings(tmp_path)
+    key = await key_for(settings.effective_database_url, Role.supervisor)
+    async with serve(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        failures = [(await sign_in(client, f"sb_guess{i:04d}_nope")).status_code for i in range(20)]
+        throttled = await sign_in(client, key)  # even the right key waits now
+        api = await client.get("/api/v1/calls", headers={"Authorization": f"Bearer {key}"})  # one budget for both
+    assert failures == [401] * 20
+    assert throttled.status_code == 429 and "Too many failed sign-ins" in throttled.text
+    assert api.status_code == 429
+
+
 async def test_a_revoked_key_is_signed_out_at_its_next_request_and_cannot_sign_in(tmp_path: Path) -> None:
     settings = console_settings(tmp_path)
     key = await key_for(settings.effective_database_url, Role.supervisor)

@@ -12,11 +12,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
-from twilio.request_validator import RequestValidator
 
 from app.adapters.call_store import CallStore
 from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
+from app.adapters.twilio_signatures import WebhookSignatures
 from app.archive.redaction import redactor
 from app.archive.retention import run_retention
 from app.archive.router import router as calls_router
@@ -66,7 +66,9 @@ def build_runtime(settings: Settings, *, tools: ToolRegistry | None = None) -> R
         redis=redis,
         call_store=call_store,
         takeovers=TakeoverListener(call_store),
-        twilio_signatures=RequestValidator(settings.twilio_auth_token.get_secret_value()),
+        twilio_signatures=WebhookSignatures(
+            settings.twilio_auth_token.get_secret_value(), settings.twilio_webhook_shared_key_secrets()
+        ),
         budget=budget,
         redact=redactor(settings.redaction_patterns) if settings.redaction_patterns else None,
         jurisdiction=Jurisdiction(emergencies=frozenset(s.upper() for s in settings.declared_emergency_states)),

@@ -13,11 +13,11 @@ from typing import Any
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from twilio.request_validator import RequestValidator
 
 from app.adapters.call_store import CallStore
 from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
+from app.adapters.twilio_signatures import WebhookSignatures
 from app.budget.service import Budget
 from app.calls.live import TakeoverListener
 from app.calls.tools import ToolRegistry
@@ -42,7 +42,7 @@ class Runtime:
     tools: ToolRegistry
     bridge_config: BridgeConfig
     takeovers: TakeoverListener
-    twilio_signatures: RequestValidator
+    twilio_signatures: WebhookSignatures
     jurisdiction: Jurisdiction
     budget: Budget
     redact: Callable[[str], str] | None = None  # transcript redaction, when configured

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     twilio_account_sid: str = "AC00000000000000000000000000000000"
     twilio_auth_token: SecretStr = SecretStr(DEV_TWILIO_AUTH_TOKEN)
     twilio_api_base_url: str = "https://api.twilio.com"
+    # Webhook Rules: the SharedKeys Twilio may sign with, "KEY_ID:SECRET" pairs separated by commas
+    twilio_webhook_shared_keys: SecretStr | None = None
 
     # OpenAI Realtime
     openai_api_key: SecretStr | None = None
@@ -165,6 +167,27 @@ class Settings(BaseSettings):
         if public and self.twilio_auth_token.get_secret_value() == DEV_TWILIO_AUTH_TOKEN:
             raise ValueError("TWILIO_AUTH_TOKEN must be set when PUBLIC_BASE_URL is not a loopback address")
         return self
+
+    def twilio_webhook_shared_key_secrets(self) -> dict[str, str]:
+        return self.shared_keys_of(self.twilio_webhook_shared_keys)
+
+    @staticmethod
+    def shared_keys_of(value: SecretStr | None) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        for pair in (value.get_secret_value() if value else "").split(","):
+            key_id, _, secret = pair.strip().partition(":")
+            if key_id.strip() and secret.strip():
+                keys[key_id.strip()] = secret.strip()
+        return keys
+
+    @field_validator("twilio_webhook_shared_keys")
+    @classmethod
+    def _shared_keys_well_formed(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            pairs = [p for p in v.get_secret_value().split(",") if p.strip()]
+            if len(cls.shared_keys_of(v)) != len(pairs):
+                raise ValueError("TWILIO_WEBHOOK_SHARED_KEYS takes KEY_ID:SECRET pairs separated by commas")
+        return v
 
     @property
     def public_ws_base(self) -> str:

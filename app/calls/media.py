@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.adapters.openai_realtime import RealtimeUpstream
 from app.adapters.twilio_rest import TwilioError
+from app.adapters.twilio_signatures import SETTINGS_HEADER
 from app.archive.service import CallEventRecord
 from app.budget.policy import Action, CapVerdict
 from app.budget.pricing import CLOSING_MAX_OUTPUT_TOKENS
@@ -109,11 +110,14 @@ class StreamRefused(Exception):
 async def media_stream(ws: WebSocket) -> None:
     rt: Runtime = ws.app.state.runtime
     signature = ws.headers.get("x-twilio-signature", "")
-    await ws.accept()
-    if not signature or not rt.twilio_signatures.validate(rt.settings.public_ws_base + "/twilio/media", {}, signature):
+    settings_header = ws.headers.get(SETTINGS_HEADER)
+    if not rt.twilio_signatures.validate(rt.settings.public_ws_base + "/twilio/media", {}, signature, settings_header):
+        # Refused in the handshake (closing before accepting answers HTTP 403): Twilio reports an error
+        # instead of running the <Redirect>, which with a wrong PUBLIC_BASE_URL would loop forever.
         rt.metrics.streams_rejected.labels("signature").inc()
         await ws.close(CLOSE_POLICY, "invalid Twilio signature")
         return
+    await ws.accept()
     await CallSession(rt, ws).run()
 
 

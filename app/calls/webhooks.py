@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from starlette.datastructures import FormData
 
 from app.adapters.twilio_rest import TwilioError
+from app.adapters.twilio_signatures import SETTINGS_HEADER
 from app.archive.service import record_call_event
 from app.budget.policy import Action
 from app.core import twiml
@@ -41,7 +42,8 @@ async def signed_form(request: Request) -> FormData:
     rt: Runtime = request.app.state.runtime
     form = await request.form()
     signature = request.headers.get("x-twilio-signature", "")
-    if not signature or not rt.twilio_signatures.validate(public_url(rt, request), form, signature):
+    settings_header = request.headers.get(SETTINGS_HEADER)
+    if not rt.twilio_signatures.validate(public_url(rt, request), form, signature, settings_header):
         rt.metrics.webhooks_rejected.labels(request.url.path).inc()
         raise ProblemError(
             403, "Invalid Twilio signature", "X-Twilio-Signature does not match this request's URL and parameters."

@@ -79,8 +79,12 @@ async def test_a_hundred_megabytes_unauthenticated_is_refused_without_growing_th
         before = rss_kb(pid)
         answers = [
             await send_big(base, method, path, {}, megabytes=100, chunked=chunked)
-            for method, path in [("POST", "/api/v1/dnc/import"), ("POST", "/api/v1/national-dnc"),
-                                 ("PUT", "/api/v1/budget/caps"), ("POST", "/api/v1/campaigns")]  # fmt: skip
+            for method, path in [
+                ("POST", "/api/v1/dnc/import"),
+                ("POST", "/api/v1/national-dnc"),
+                ("PUT", "/api/v1/budget/caps"),
+                ("POST", "/api/v1/campaigns"),
+            ]
         ]
         grown_mb = (rss_kb(pid) - before) / 1024
     assert {status for status, _ in answers} == ({413} if not chunked else {401})
@@ -115,7 +119,9 @@ async def test_a_client_guessing_keys_is_slowed_down_and_others_are_not(tmp_path
         key = await key_for(make_settings(tmp_path, realtime_url="x").effective_database_url, Role.ops)
         async with httpx.AsyncClient(base_url=base) as client:
             guesses = [
-                (await client.get("/api/v1/campaigns", headers={"Authorization": f"Bearer sb_guess{i}_nope"})).status_code
+                (
+                    await client.get("/api/v1/campaigns", headers={"Authorization": f"Bearer sb_guess{i}_nope"})
+                ).status_code
                 for i in range(25)
             ]
             refused = await client.get("/api/v1/campaigns", headers={"Authorization": f"Bearer {key}"})

@@ -7,16 +7,84 @@ import base64
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import websockets
+from twilio.request_validator import RequestValidator
 
 from app.core.stream_token import issue_stream_token
 from app.emulator.server import RealtimeEmulator
-from tests.support import PUBLIC_BASE, TwilioStream, make_settings, open_call, serve, sign, tone_frames, upstream_closed
+from tests.support import (
+    PUBLIC_BASE,
+    TwilioStream,
+    call_sid,
+    make_settings,
+    open_call,
+    serve,
+    sign,
+    tone_frames,
+    upstream_closed,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 
 
-async def test_upgrades_and_start_events_that_fail_admission_close_1008_before_any_upstream(
+async def test_an_unsigned_upgrade_is_refused_in_the_handshake_with_403(
+    tmp_path: Path, emulator: RealtimeEmulator
+) -> None:
+    settings = make_settings(tmp_path, realtime_url=emulator.url)
+    wrong_media_url = sign(PUBLIC_BASE.replace("https://", "wss://") + "/twilio/other")
+    url_of = PUBLIC_BASE.replace("https://", "wss://") + "/twilio/media"
+    async with serve(settings) as base:
+        ws_url = base.replace("http://", "ws://") + "/twilio/media"
+        statuses = []
+        for headers in ({}, {"X-Twilio-Signature": ""}, {"X-Twilio-Signature": "Zm9yZ2Vk"},
+                        {"X-Twilio-Signature": wrong_media_url},
+                        # a SharedKey this deployment was not given
+                        {"X-Twilio-Signature": sign(url_of), "X-Twilio-Webhooks-Signature-Settings":
+                         "key=webhooks_sharedkey_unknown,algorithm=HMAC_SHA256"}):  # fmt: skip
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(ws_url, additional_headers=headers):
+                    pass
+            statuses.append(refused.value.response.status_code)
+        async with httpx.AsyncClient(base_url=base) as client:
+            metrics = (await client.get("/metrics")).text
+    assert statuses == [403] * 5
+    assert 'switchboard_streams_rejected_total{reason="signature"} 5.0' in metrics
+    assert emulator.sessions == []
+
+
+async def test_webhooks_and_streams_signed_with_a_webhook_rules_shared_key_are_accepted(
+    tmp_path: Path, emulator: RealtimeEmulator
+) -> None:
+    key_id, secret = "webhooks_sharedkey_0123", "s3cr3t-shared-key"
+    settings = make_settings(tmp_path, realtime_url=emulator.url, twilio_webhook_shared_keys=f"{key_id}:{secret}")
+    params = {"CallSid": call_sid(31), "From": "+12125550123", "To": "+12125550100", "Direction": "inbound"}
+    async with serve(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        answers = {}
+        for algorithm in ("HMAC_SHA256", "HMAC_SHA1"):
+            header = f"key={key_id},algorithm={algorithm}"
+            signature = RequestValidator(secret).compute_signature(PUBLIC_BASE + "/twilio/voice", params, algorithm)
+            answers[algorithm] = await client.post("/twilio/voice", data=params, headers={
+                "X-Twilio-Signature": signature, "X-Twilio-Webhooks-Signature-Settings": header})  # fmt: skip
+        # the Auth Token's signature is no proof for a request that says a SharedKey signed it
+        header = f"key={key_id},algorithm=HMAC_SHA256"
+        forged = await client.post("/twilio/voice", data=params, headers={
+            "X-Twilio-Signature": sign(PUBLIC_BASE + "/twilio/voice", params),
+            "X-Twilio-Webhooks-Signature-Settings": header})  # fmt: skip
+        url_of = PUBLIC_BASE.replace("https://", "wss://") + "/twilio/media"
+        ws_signature = RequestValidator(secret).compute_signature(url_of, {}, "HMAC_SHA256")
+        ws_url = base.replace("http://", "ws://") + "/twilio/media"
+        async with websockets.connect(ws_url, additional_headers={
+                "X-Twilio-Signature": ws_signature, "X-Twilio-Webhooks-Signature-Settings": header}) as ws:  # fmt: skip
+            accepted = ws.protocol.state.name
+    assert [r.status_code for r in answers.values()] == [200, 200]
+    assert all("<Connect>" in r.text for r in answers.values())
+    assert forged.status_code == 403
+    assert accepted == "OPEN"
+
+
+async def test_start_events_that_fail_admission_close_1008_before_any_upstream(
     tmp_path: Path, emulator: RealtimeEmulator
 ) -> None:
     settings = make_settings(tmp_path, realtime_url=emulator.url)
@@ -25,21 +93,14 @@ async def test_upgrades_and_start_events_that_fail_admission_close_1008_before_a
         sid, token = await open_call(base, 10)
         other_sid, other_token = await open_call(base, 11)
         expired = issue_stream_token(secret=secret, call_sid=sid, now_s=time.time() - 600, ttl_s=60)
-        wrong_media_url = sign(PUBLIC_BASE.replace("https://", "wss://") + "/twilio/other")
         cases = [
-            ({"signature": ""}, None, "invalid Twilio signature"),
-            ({"signature": "Zm9yZ2Vk"}, None, "invalid Twilio signature"),
-            ({"signature": wrong_media_url}, None, "invalid Twilio signature"),
             ({}, "missing", "stream token missing"),
             ({}, expired, "stream token expired"),
             ({}, other_token, "stream token bound to another call"),
             ({}, token[:-3] + "abc", "stream token signature invalid"),
         ]
         for kwargs, tok, reason in cases:
-            send_start = "signature" not in kwargs
-            async with TwilioStream.open(
-                base, call_sid=sid, token=None if tok == "missing" else tok, send_start=send_start, **kwargs
-            ) as tw:
+            async with TwilioStream.open(base, call_sid=sid, token=None if tok == "missing" else tok, **kwargs) as tw:
                 await tw.wait_closed()
             assert (tw.close_code, tw.close_reason) == (1008, reason)
         assert other_sid != sid

@@ -117,13 +117,29 @@ def parse_twilio_message(raw: str | bytes) -> TwilioEvent:
         if not isinstance(params, dict):
             raise TwilioMessageError("customParameters is not an object")
         fmt = start.get("mediaFormat") or {}
+        if not isinstance(fmt, dict):
+            raise TwilioMessageError("mediaFormat is not an object", "media_format")
+        rate = fmt.get("sampleRate", 8000)
+        # Twilio sends the number; a numeric string is tolerated, anything else is a bad frame.
+        if isinstance(rate, str) and rate.isdigit() and len(rate) <= 6:
+            rate = int(rate)
+        if type(rate) is not int:
+            raise TwilioMessageError("mediaFormat.sampleRate is not a whole number", "media_format")
+        encoding = fmt.get("encoding", "audio/x-mulaw")
+        if not isinstance(encoding, str):
+            raise TwilioMessageError("mediaFormat.encoding is not a string", "media_format")
+        if (encoding, rate) != ("audio/x-mulaw", 8000):
+            raise TwilioMessageError(
+                f"media format {encoding[:40]!r} at {rate} Hz is not mu-law 8 kHz, the only one streams carry",
+                "media_format",
+            )
         return StreamStarted(
             stream_sid=stream_sid,
             call_sid=call_sid,
             account_sid=str(start.get("accountSid", "")),
             custom_parameters={str(k): str(v) for k, v in params.items()},
-            encoding=str(fmt.get("encoding", "audio/x-mulaw")),
-            sample_rate=int(fmt.get("sampleRate", 8000)),
+            encoding=encoding,
+            sample_rate=rate,
         )
     if event == "connected":
         return StreamConnected(str(msg.get("protocol", "")))

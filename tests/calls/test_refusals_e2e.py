@@ -158,3 +158,29 @@ async def test_malformed_frames_are_skipped_and_an_oversized_frame_ends_only_tha
 
     assert len(sessions[0].audio_in) == expected(good)  # every good frame of A arrived, bad ones skipped
     assert len(sessions[1].audio_in) == expected(steady)  # B lost nothing
+
+
+async def test_a_start_with_an_unusable_media_format_is_refused_with_a_reason_and_mid_call_it_is_skipped(
+    tmp_path: Path, emulator: RealtimeEmulator
+) -> None:
+    settings = make_settings(tmp_path, realtime_url=emulator.url)
+    async with serve(settings) as base:
+        sid, token = await open_call(base, 41)
+        async with TwilioStream.open(base, call_sid=sid, token=token, send_start=False) as refused:
+            await refused.send({"event": "start", "start": {"streamSid": "MZ" + sid[2:], "callSid": sid,
+                                "customParameters": {"token": token}, "mediaFormat": {"sampleRate": "abc"}}})  # fmt: skip
+            await refused.wait_closed()
+        async with TwilioStream.open(base, call_sid=sid, token=token) as tw:
+            session = await emulator.wait_for_session(0)
+            await tw.send({"event": "start", "start": {"streamSid": tw.stream_sid, "callSid": sid,
+                                                       "mediaFormat": "x"}})  # fmt: skip
+            for frame in tone_frames(600, 0.2):
+                await tw.media(frame)
+            await tw.stop()
+            await tw.wait_closed()
+            await upstream_closed(session)
+    assert (refused.close_code, refused.close_reason) == (
+        1008,
+        "invalid frame before start: mediaFormat.sampleRate is not a whole number",
+    )
+    assert tw.close_code == 1000 and len(session.audio_in) > 0  # the call went on past the bad frame

@@ -67,6 +67,12 @@ def test_twilio_messages_parse_into_events() -> None:
         )
     )
     assert isinstance(start, StreamStarted) and start.custom_parameters == {"token": "t"}
+    assert (start.encoding, start.sample_rate) == ("audio/x-mulaw", 8000)  # Twilio's one format, when unsaid
+    quoted = parse_twilio_message(
+        '{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1",'
+        '"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":"8000","channels":1}}}'
+    )
+    assert isinstance(quoted, StreamStarted) and quoted.sample_rate == 8000
     assert parse_twilio_message('{"event":"mark","mark":{"name":"m1"}}') == MarkAcknowledged("m1")
     assert parse_twilio_message('{"event":"dtmf","dtmf":{"digit":"#"}}') == DtmfReceived("#")
     assert isinstance(parse_twilio_message('{"event":"stop"}'), StreamStopped)
@@ -81,6 +87,28 @@ def test_twilio_messages_parse_into_events() -> None:
         ('{"event":"media","media":{"payload":"!!!"}}', "base64"),
         ('{"event":"media"}', "without media"),
         ('{"event":"start","start":{"streamSid":"MZ\\"1","callSid":"CA1"}}', "malformed sids"),
+        ('{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1","mediaFormat":"x"}}', "not an object"),
+        (
+            '{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1","mediaFormat":{"sampleRate":"abc"}}}',
+            "not a whole number",
+        ),
+        (
+            '{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1","mediaFormat":{"sampleRate":1e400}}}',
+            "malformed JSON",
+        ),
+        (
+            '{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1","mediaFormat":{"sampleRate":8000.5}}}',
+            "not a whole number",
+        ),
+        (
+            '{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1","mediaFormat":{"sampleRate":true}}}',
+            "not a whole number",
+        ),
+        ('{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1","mediaFormat":{"encoding":7}}}', "not a string"),
+        (
+            '{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1","mediaFormat":{"sampleRate":16000}}}',
+            "not mu-law 8 kHz",
+        ),
     ],
 )
 def test_unusable_twilio_frames_raise_a_precise_reason(frame: str, reason: str) -> None:

@@ -98,6 +98,16 @@ FLUSH_TIMEOUT_S = 5.0
 BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
+DIRECTIONS = ("inbound", "outbound")
+
+
+def trusted_direction(meta: dict[str, Any]) -> str:
+    """The call's direction as the signed webhook recorded it in the live state (inbound when Redis was
+    away then); never the stream's custom parameters, which the stream token does not cover."""
+    direction = meta.get("direction")
+    return direction if direction in DIRECTIONS else "inbound"
+
+
 class StreamRefused(Exception):
     def __init__(self, code: int, reason: str, metric: str) -> None:
         super().__init__(reason)
@@ -149,6 +159,7 @@ class CallSession:
         self._close_code = CLOSE_NORMAL
         self._upstream_opened_at = 0.0
         self._meta: dict[str, Any] = {}
+        self._direction = "inbound"
         self._metered_frames = 0
         self._metered_bytes_out = 0
         self._frames_counted = (0, 0, 0)  # held, replayed, dropped caller frames already in the metrics
@@ -268,7 +279,12 @@ class CallSession:
         self._meta = meta
         wall_ms = int(time.time() * 1000)
         started_ms = int(meta.get("started_at_ms") or wall_ms)
-        direction = start.custom_parameters.get("direction") or meta.get("direction", "inbound")
+        direction = trusted_direction(meta)
+        self._direction = direction
+        claimed = start.custom_parameters.get("direction")
+        if claimed is not None and claimed != direction:
+            # The stream's parameters are not covered by its token: what they say is never used.
+            self._event("direction_mismatch", {"stream_parameter": claimed[:40], "used": direction})
         self.live = LiveState(rt.call_store, start.call_sid, rt.metrics, epoch=self._epoch)
         self.live.start()
         self.live.meta(
@@ -734,7 +750,7 @@ class CallSession:
         start = self.start
         context = ToolContext(
             call_sid=start.call_sid,
-            direction=start.custom_parameters.get("direction", "inbound"),
+            direction=self._direction,
             custom_parameters=start.custom_parameters,
         )
         ok, output = await self.rt.tools.run(command.name, command.arguments, context)
@@ -748,7 +764,7 @@ class CallSession:
     async def _opt_out(self, command: OptOut) -> None:
         """Revoke consent and list the number on the internal DNC before anything else is dialed."""
         meta = self._meta
-        direction = self.start.custom_parameters.get("direction") or meta.get("direction", "inbound")
+        direction = self._direction
         raw = meta.get("to") if direction == "outbound" else meta.get("from")
         phone = normalise(str(raw)) if raw else None
         if phone is None:

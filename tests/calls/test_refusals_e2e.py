@@ -17,6 +17,8 @@ from app.emulator.server import RealtimeEmulator
 from tests.support import (
     PUBLIC_BASE,
     TwilioStream,
+    agent_turn_played,
+    archived,
     call_sid,
     make_settings,
     open_call,
@@ -184,3 +186,25 @@ async def test_a_start_with_an_unusable_media_format_is_refused_with_a_reason_an
         "invalid frame before start: mediaFormat.sampleRate is not a whole number",
     )
     assert tw.close_code == 1000 and len(session.audio_in) > 0  # the call went on past the bad frame
+
+
+async def test_a_forged_direction_parameter_is_ignored_and_the_call_is_metered_as_the_webhook_said(
+    tmp_path: Path, emulator: RealtimeEmulator
+) -> None:
+    settings = make_settings(tmp_path, realtime_url=emulator.url, budget_per_call_usd=5.0)
+    forged = "outbound-but-really-something-else"
+    async with serve(settings) as base:
+        sid, token = await open_call(base, 43)  # an inbound call, as the signed webhook says
+        async with TwilioStream.open(
+            base, call_sid=sid, token=token, custom={"direction": forged}, auto_ack=True
+        ) as tw:
+            session = await emulator.wait_for_session(0)
+            await agent_turn_played(tw, session, 0)
+            await tw.stop()
+            await tw.wait_closed()
+        record = await archived(base, settings, sid)
+    kinds = [e["kind"] for e in record["events"]]
+    assert record["direction"] == "inbound"
+    mismatch = next(e for e in record["events"] if e["kind"] == "direction_mismatch")
+    assert mismatch["detail"] == {"stream_parameter": forged, "used": "inbound"}
+    assert "cost" in kinds  # metered, with the per-call cap in force

@@ -95,6 +95,11 @@ class Metrics:
             "Caller frames lost: held past the bound while no Realtime session was ready",
             registry=r,
         )
+        self.orphan_archive_failures = Counter(
+            "switchboard_orphan_archive_failures",
+            "Orphaned calls the sweeper could not archive (passed over, tried again next pass)",
+            registry=r,
+        )
         self.orphans_archived = Counter(
             "switchboard_orphans_archived", "Calls archived by the sweeper after their lease expired", registry=r
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -108,6 +108,17 @@ async def archive_call(sessionmaker: async_sessionmaker[AsyncSession], record: C
     raise AssertionError("unreachable")
 
 
+@overload
+def _clip(value: str, limit: int) -> str: ...
+@overload
+def _clip(value: str | None, limit: int) -> str | None: ...
+def _clip(value: str | None, limit: int) -> str | None:
+    """What the peer or the model sent, cut to its column: an archive is never lost to a long value."""
+    if value is None or len(value) <= limit:
+        return value
+    return value[: limit - 1] + "…"
+
+
 async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord) -> bool:
     # No "is it there already?" read first: the unique call_sid answers that (IntegrityError), and on
     # SQLite a transaction that reads before it writes cannot wait for the write lock (a concurrent
@@ -129,11 +140,11 @@ async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: C
             latency_p50_ms=facts.latency_p50_ms,
             latency_p95_ms=facts.latency_p95_ms,
             call_sid=record.call_sid,
-            stream_sid=record.stream_sid,
-            direction=record.direction,
-            from_number=record.from_number,
-            to_number=record.to_number,
-            status=record.status,
+            stream_sid=_clip(record.stream_sid, 64),
+            direction=_clip(record.direction, 16),
+            from_number=_clip(record.from_number, 255),
+            to_number=_clip(record.to_number, 255),
+            status=_clip(record.status, 32),
             end_reason=record.end_reason,
             started_at=record.started_at,
             ended_at=record.ended_at,
@@ -153,8 +164,8 @@ async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: C
         call.tools = [
             ToolInvocation(
                 seq=i,
-                name=t.name,
-                tool_call_id=t.tool_call_id,
+                name=_clip(t.name, 128),
+                tool_call_id=_clip(t.tool_call_id, 255),
                 arguments=t.arguments,
                 status=t.status,
                 output=t.output,

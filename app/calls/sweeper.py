@@ -28,7 +28,17 @@ async def sweep_once(rt: Runtime, *, now_ms: int) -> list[str]:
         for call_sid in await store.expired_calls(now_ms - grace_ms):
             if await store.lease_holder(call_sid) is not None:
                 continue  # a stream took it back meanwhile
-            if await archive_live_call(rt, call_sid, status="orphaned", end_reason="stream lost; lease expired"):
+            try:
+                done = await archive_live_call(rt, call_sid, status="orphaned", end_reason="stream lost; lease expired")
+            except (RedisError, OSError):
+                raise  # Redis or the network away: the whole pass waits for the next
+            except Exception:
+                # This call only: counted (alerted on) and passed over, so the orphans after it are archived
+                # before their live state expires. It is tried again on the next pass.
+                rt.metrics.orphan_archive_failures.inc()
+                log.exception("sweeper.archive_failed", call_sid=call_sid)
+                continue
+            if done:
                 archived.append(call_sid)
                 rt.metrics.orphans_archived.inc()
                 log.info("sweeper.archived_orphan", call_sid=call_sid)

@@ -6,13 +6,15 @@ from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from app.auth.keys import Role, require_role
 from app.budget.models import BudgetEnforcement
 from app.budget.service import Budget
 from app.db import SessionDep
+from app.dialer.models import Campaign
+from app.problems import ProblemError
 
 router = APIRouter(
     prefix="/api/v1/budget", tags=["budget"], dependencies=[Depends(require_role(Role.ops, Role.supervisor))]
@@ -28,12 +30,36 @@ def usd(micros: int | None) -> float | None:
     return None if micros is None else micros / 1_000_000
 
 
+MAX_CAP_USD = 1_000_000.0  # a cap above this is a typo, not a budget
+Usd = Annotated[float, Field(ge=0, le=MAX_CAP_USD, allow_inf_nan=False)]
+
+
+class CampaignCapsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    per_call_usd: Usd | None = None
+    per_day_usd: Usd | None = None
+
+
+CampaignId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
 class CapsIn(BaseModel):
-    per_call_usd: float | None = Field(default=None, ge=0)
-    per_day_usd: float | None = Field(default=None, ge=0)
-    campaigns: dict[int, dict[str, float]] = Field(
-        default_factory=dict, description="campaign id -> {per_call_usd, per_day_usd}"
-    )
+    """PUT replaces every cap: each field must be given (null: no cap), so none is dropped by omission."""
+
+    model_config = ConfigDict(extra="forbid")
+    per_call_usd: Usd | None
+    per_day_usd: Usd | None
+    campaigns: dict[CampaignId, CampaignCapsIn] = Field(description="campaign id -> {per_call_usd, per_day_usd}")
+
+
+class CapsPatch(BaseModel):
+    """PATCH changes only what it names: a field set to null removes that cap; a campaign set to null
+    removes all of that campaign's caps."""
+
+    model_config = ConfigDict(extra="forbid")
+    per_call_usd: Usd | None = None
+    per_day_usd: Usd | None = None
+    campaigns: dict[CampaignId, CampaignCapsIn | None] = Field(default_factory=dict)
 
 
 class CapsOut(BaseModel):
@@ -98,19 +124,57 @@ async def get_caps(request: Request) -> CapsOut:
     return await _caps_out(_budget(request))
 
 
+def _micros(value: float | None) -> int | None:
+    return None if value is None else round(value * 1_000_000)
+
+
+def _campaign_caps(caps: CampaignCapsIn, fields: set[str]) -> dict[str, int | None]:
+    names = {"per_call_usd": "per_call", "per_day_usd": "per_day"}
+    return {names[f]: _micros(getattr(caps, f)) for f in fields}
+
+
+async def _known_campaigns(session: SessionDep, ids: list[int]) -> None:
+    if not ids:
+        return
+    found = set(await session.scalars(select(Campaign.id).where(Campaign.id.in_(ids))))
+    unknown = sorted(set(ids) - found)
+    if unknown:
+        raise ProblemError(
+            422, "Unknown campaign", f"No campaign {', '.join(map(str, unknown))}: no caps were changed."
+        )
+
+
 @router.put("/caps", response_model=CapsOut, dependencies=[Depends(require_role())])
-async def put_caps(body: CapsIn, request: Request) -> CapsOut:
-    """Admin only. Applies at once on every node (the caps live in Redis)."""
+async def put_caps(body: CapsIn, request: Request, session: SessionDep) -> CapsOut:
+    """Admin only. Replaces every cap; applies at once on every node (the caps live in Redis)."""
     budget = _budget(request)
-
-    def m(value: float | None) -> int | None:
-        return None if value is None else round(value * 1_000_000)
-
-    stored: dict[str, object] = {"per_call": m(body.per_call_usd), "per_day": m(body.per_day_usd)}
+    await _known_campaigns(session, list(body.campaigns))
+    stored: dict[str, object] = {"per_call": _micros(body.per_call_usd), "per_day": _micros(body.per_day_usd)}
     stored["campaigns"] = {
-        str(cid): {"per_call": m(v.get("per_call_usd")), "per_day": m(v.get("per_day_usd"))}
-        for cid, v in body.campaigns.items()
+        str(cid): _campaign_caps(v, {"per_call_usd", "per_day_usd"}) for cid, v in body.campaigns.items()
     }
+    await budget.ledger.set_caps(stored)
+    return await _caps_out(budget)
+
+
+@router.patch("/caps", response_model=CapsOut, dependencies=[Depends(require_role())])
+async def patch_caps(body: CapsPatch, request: Request, session: SessionDep) -> CapsOut:
+    """Admin only. Changes only the caps named; the others stay as they are."""
+    budget = _budget(request)
+    await _known_campaigns(session, [cid for cid, v in body.campaigns.items() if v is not None])
+    stored = await budget.ledger.caps()
+    given = body.model_fields_set
+    if "per_call_usd" in given:
+        stored["per_call"] = _micros(body.per_call_usd)
+    if "per_day_usd" in given:
+        stored["per_day"] = _micros(body.per_day_usd)
+    campaigns = dict(stored.get("campaigns", {}))
+    for cid, caps in body.campaigns.items():
+        if caps is None:
+            campaigns.pop(str(cid), None)
+        else:
+            campaigns[str(cid)] = {**campaigns.get(str(cid), {}), **_campaign_caps(caps, caps.model_fields_set)}
+    stored["campaigns"] = campaigns
     await budget.ledger.set_caps(stored)
     return await _caps_out(budget)
 

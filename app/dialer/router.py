@@ -6,10 +6,11 @@ import asyncio
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from pydantic import BaseModel, Field, field_validator
+from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import delete, func, select
 
+from app.api_fields import Text
 from app.archive.models import Call, TranscriptSegment
 from app.auth.keys import Role, require_role
 from app.db import SessionDep
@@ -49,19 +50,26 @@ def e164(phone: str) -> str:
 # -- campaigns ------------------------------------------------------------------------------
 
 
+Name = Annotated[Text, Field(min_length=1, max_length=200)]
+Instructions = Annotated[Text, Field(max_length=20_000)]
+HHMM = Annotated[str, Field(pattern=r"^\d{2}:\d{2}$", description="callee-local HH:MM")]
+MAX_RETRY_SPACING_MIN = 30 * 24 * 60  # a month; longer is a typo
+
+
 class CampaignIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    model_config = ConfigDict(extra="forbid")
+    name: Name
     purpose: Purpose
-    subject: str = Field(min_length=1, max_length=200)
-    caller_id: str
-    instructions: str = ""
-    window_start: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}$", description="callee-local HH:MM")
-    window_end: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}$")
+    subject: Name
+    caller_id: Annotated[Text, Field(max_length=40)]
+    instructions: Instructions = ""
+    window_start: HHMM | None = None
+    window_end: HHMM | None = None
     max_attempts: int = Field(default=3, ge=1, le=20)
-    retry_spacing_min: int = Field(default=240, ge=1)
+    retry_spacing_min: int = Field(default=240, ge=1, le=MAX_RETRY_SPACING_MIN)
     daily_attempt_limit: int = Field(default=1, ge=1, le=10)
     concurrency: int = Field(default=5, ge=1, le=1000)
-    calls_per_second: float = Field(default=1.0, gt=0, le=100)
+    calls_per_second: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
     machine_action: Literal["voicemail", "hangup"] = "voicemail"
 
     @field_validator("caller_id")
@@ -74,16 +82,28 @@ class CampaignIn(BaseModel):
 
 
 class CampaignPatch(BaseModel):
-    name: str | None = None
-    instructions: str | None = None
-    window_start: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}$")
-    window_end: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}$")
+    """What may change on a campaign. Anything else (purpose, subject, caller_id: what its consents and
+    frequency caps were decided on) is refused with 422, as is null for a field that cannot be empty;
+    null for both window fields removes the window override."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Name | None = None
+    instructions: Instructions | None = None
+    window_start: HHMM | None = None
+    window_end: HHMM | None = None
     max_attempts: int | None = Field(default=None, ge=1, le=20)
-    retry_spacing_min: int | None = Field(default=None, ge=1)
+    retry_spacing_min: int | None = Field(default=None, ge=1, le=MAX_RETRY_SPACING_MIN)
     daily_attempt_limit: int | None = Field(default=None, ge=1, le=10)
     concurrency: int | None = Field(default=None, ge=1, le=1000)
-    calls_per_second: float | None = Field(default=None, gt=0, le=100)
+    calls_per_second: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
     machine_action: Literal["voicemail", "hangup"] | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> CampaignPatch:
+        nulled = sorted(f for f in self.model_fields_set if getattr(self, f) is None and not f.startswith("window_"))
+        if nulled:
+            raise ValueError(f"{', '.join(nulled)} cannot be null; leave a field out to keep it")
+        return self
 
 
 class CampaignOut(BaseModel):
@@ -209,28 +229,6 @@ async def update_campaign(campaign_id: int, body: CampaignPatch, session: Sessio
     return _out(campaign)
 
 
-_TRANSITIONS = {
-    "start": ({"draft"}, "running"),
-    "pause": ({"running"}, "paused"),
-    "resume": ({"paused"}, "running"),
-    "stop": ({"draft", "running", "paused"}, "stopped"),
-}
-
-
-@router.post("/campaigns/{campaign_id}/{action}", response_model=CampaignOut)
-async def change_status(
-    campaign_id: int, action: Literal["start", "pause", "resume", "stop"], session: SessionDep
-) -> CampaignOut:
-    campaign = await _campaign(session, campaign_id)
-    allowed, target = _TRANSITIONS[action]
-    if campaign.status not in allowed:
-        raise ProblemError(409, "Invalid transition", f"A {campaign.status} campaign cannot {action}.")
-    campaign.status = target
-    campaign.updated_at = utcnow()
-    await session.commit()
-    return _out(campaign)
-
-
 # -- contacts -------------------------------------------------------------------------------
 
 
@@ -293,6 +291,29 @@ async def import_contacts_csv(
     if len(data) > limit:
         raise ProblemError(413, "File too large", f"CSV uploads are limited to {limit} bytes.")
     return await _import(session, campaign, await asyncio.to_thread(parse_contacts_csv, data, now=utcnow()))
+
+
+# Declared after the contacts routes: /campaigns/{id}/contacts must not be taken for an action.
+_TRANSITIONS = {
+    "start": ({"draft"}, "running"),
+    "pause": ({"running"}, "paused"),
+    "resume": ({"paused"}, "running"),
+    "stop": ({"draft", "running", "paused"}, "stopped"),
+}
+
+
+@router.post("/campaigns/{campaign_id}/{action}", response_model=CampaignOut)
+async def change_status(
+    campaign_id: int, action: Literal["start", "pause", "resume", "stop"], session: SessionDep
+) -> CampaignOut:
+    campaign = await _campaign(session, campaign_id)
+    allowed, target = _TRANSITIONS[action]
+    if campaign.status not in allowed:
+        raise ProblemError(409, "Invalid transition", f"A {campaign.status} campaign cannot {action}.")
+    campaign.status = target
+    campaign.updated_at = utcnow()
+    await session.commit()
+    return _out(campaign)
 
 
 class ContactOut(BaseModel):
@@ -467,21 +488,35 @@ async def campaign_progress(campaign_id: int, session: SessionDep) -> Progress:
 # -- consent and do-not-call ----------------------------------------------------------------
 
 
+Phone = Annotated[Text, Field(max_length=40)]
+Reason = Annotated[Text, Field(min_length=1, max_length=200)]
+
+
 class ConsentIn(BaseModel):
-    phone: str
+    model_config = ConfigDict(extra="forbid")
+    phone: Phone
     kind: Literal["written", "express"]
-    source: str | None = None
+    source: Annotated[Text, Field(max_length=200)] | None = None
     granted_at: datetime | None = None
+
+    @field_validator("granted_at")
+    @classmethod
+    def _an_instant(cls, v: datetime | None) -> datetime | None:
+        if v is not None and (v.tzinfo is None or v.utcoffset() is None):
+            raise ValueError("give the time with its offset (e.g. 2026-12-02T09:00:00-05:00)")
+        return v
 
 
 class RevocationIn(BaseModel):
-    phone: str
-    reason: str = Field(default="revoked through the API", max_length=200)
+    model_config = ConfigDict(extra="forbid")
+    phone: Phone
+    reason: Reason = "revoked through the API"
 
 
 class DncIn(BaseModel):
-    phone: str
-    reason: str = Field(min_length=1, max_length=200)
+    model_config = ConfigDict(extra="forbid")
+    phone: Phone
+    reason: Reason
 
 
 class DncStatus(BaseModel):
@@ -520,7 +555,9 @@ async def add_dnc(body: DncIn, session: SessionDep) -> dict[str, str]:
 
 
 @router.delete("/dnc/{phone}")
-async def remove_dnc(phone: str, session: SessionDep, reason: Annotated[str, Query(min_length=1)]) -> dict[str, str]:
+async def remove_dnc(
+    phone: Annotated[Text, Path(max_length=40)], session: SessionDep, reason: Annotated[Reason, Query()]
+) -> dict[str, str]:
     normal = e164(phone)
     entries = list(
         await session.scalars(select(DncEntry).where(DncEntry.phone == normal, DncEntry.removed_at.is_(None)))
@@ -534,7 +571,7 @@ async def remove_dnc(phone: str, session: SessionDep, reason: Annotated[str, Que
 
 
 @router.get("/dnc/{phone}", response_model=DncStatus)
-async def check_dnc(phone: str, session: SessionDep) -> DncStatus:
+async def check_dnc(phone: Annotated[Text, Path(max_length=40)], session: SessionDep) -> DncStatus:
     normal = e164(phone)
     return DncStatus(
         phone=normal,
@@ -545,8 +582,9 @@ async def check_dnc(phone: str, session: SessionDep) -> DncStatus:
 
 
 class BulkDncIn(BaseModel):
-    phones: list[str] = Field(max_length=100_000)
-    reason: str = Field(min_length=1, max_length=200)
+    model_config = ConfigDict(extra="forbid")
+    phones: list[Annotated[str, Field(max_length=40)]] = Field(max_length=100_000)
+    reason: Reason
 
 
 @router.post("/dnc/import")
@@ -567,8 +605,9 @@ async def import_dnc(body: BulkDncIn, session: SessionDep) -> dict[str, Any]:
 
 
 class NationalDncIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     as_of: date
-    phones: list[str] = Field(max_length=5_000_000)
+    phones: list[Annotated[str, Field(max_length=40)]] = Field(max_length=5_000_000)
 
 
 @router.post("/national-dnc", status_code=201)

@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 
 from app.auth.keys import Role
 from app.budget.ledger import BudgetLedger
+from app.db import make_engine, make_sessionmaker
+from app.dialer.models import Campaign
 from tests.support import call_sid, key_for, make_settings, post_webhook, serve
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.redis]
@@ -21,6 +23,18 @@ ZONE = "America/Denver"
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def add_campaign(database_url: str, campaign_id: int) -> None:
+    engine = make_engine(database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            now = datetime.now(UTC)
+            session.add(Campaign(id=campaign_id, name="Recalls", purpose="informational", subject="recall",
+                                 caller_id="+12125550100", created_at=now, updated_at=now))  # fmt: skip
+            await session.commit()
+    finally:
+        await engine.dispose()
 
 
 async def test_caps_spend_and_enforcements_over_rest(tmp_path: Path, redis_url: str) -> None:
@@ -34,6 +48,7 @@ async def test_caps_spend_and_enforcements_over_rest(tmp_path: Path, redis_url: 
                                                     f"reserve:{day}", f"reserve:{day}:total")],
                        "sb:budget:caps")  # fmt: skip
     keys = {role: await key_for(settings.effective_database_url, role) for role in Role}
+    await add_campaign(settings.effective_database_url, 7)
     try:
         async with serve(settings) as base, httpx.AsyncClient(base_url=base) as api:
             # Reading needs a key; ops and supervisors may read; only an admin may set caps.
@@ -82,3 +97,52 @@ async def test_caps_spend_and_enforcements_over_rest(tmp_path: Path, redis_url: 
                                                         f"reserve:{day}", f"reserve:{day}:total")],
                            "sb:budget:caps")  # fmt: skip
         await redis.aclose()
+
+
+async def test_caps_are_replaced_whole_by_put_changed_in_part_by_patch_and_bad_ones_refused(
+    tmp_path: Path, redis_url: str
+) -> None:
+    settings = make_settings(tmp_path, realtime_url="ws://127.0.0.1:9/v1", redis_url=redis_url)
+    redis = Redis.from_url(redis_url)
+    await redis.delete("sb:budget:caps")
+    admin = await key_for(settings.effective_database_url, Role.admin)
+    await add_campaign(settings.effective_database_url, 3)
+    try:
+        async with serve(settings) as base, httpx.AsyncClient(base_url=base, headers=bearer(admin)) as api:
+            full = {"per_call_usd": 2.0, "per_day_usd": 50.0, "campaigns": {"3": {"per_day_usd": 10.0}}}
+            assert (await api.put("/api/v1/budget/caps", json=full)).status_code == 200
+            # A PUT that leaves a field out would drop that cap silently: it is refused, nothing changes.
+            partial = await api.put("/api/v1/budget/caps", json={"per_day_usd": 40.0})
+            assert partial.status_code == 422 and partial.headers["content-type"] == "application/problem+json"
+            assert {tuple(e["loc"]) for e in partial.json()["errors"]} == {("body", "per_call_usd"),
+                                                                          ("body", "campaigns")}  # fmt: skip
+            # PATCH changes what it names only.
+            patched = await api.patch("/api/v1/budget/caps", json={"per_day_usd": 40.0,
+                                                                   "campaigns": {"3": {"per_call_usd": 1.0}}})  # fmt: skip
+            assert patched.status_code == 200
+            assert patched.json()["per_call_usd"] == 2.0 and patched.json()["per_day_usd"] == 40.0
+            assert patched.json()["campaigns"] == {"3": {"per_call_usd": 1.0, "per_day_usd": 10.0}}
+            removed = await api.patch("/api/v1/budget/caps", json={"per_call_usd": None, "campaigns": {"3": None}})
+            assert removed.json()["per_call_usd"] is None and removed.json()["campaigns"] == {}
+            refused = {
+                name: (await api.request(method, "/api/v1/budget/caps", json=body)).status_code
+                for name, method, body in [
+                    ("negative campaign cap", "PATCH", {"campaigns": {"3": {"per_day_usd": -1}}}),
+                    ("unknown campaign", "PATCH", {"campaigns": {"999": {"per_day_usd": 1}}}),
+                    ("campaign id 0", "PATCH", {"campaigns": {"0": {"per_day_usd": 1}}}),
+                    ("huge", "PATCH", {"per_day_usd": 1e308}),
+                    ("unknown field", "PATCH", {"per_week_usd": 1}),
+                    ("unknown campaign field", "PATCH", {"campaigns": {"3": {"per_week_usd": 1}}}),
+                    ("unknown campaign in PUT", "PUT", {**full, "campaigns": {"999": {"per_day_usd": 1}}}),
+                ]
+            }
+            for literal in ("NaN", "Infinity", "-Infinity"):
+                raw = await api.patch("/api/v1/budget/caps", content=f'{{"per_day_usd": {literal}}}',
+                                      headers={"content-type": "application/json"})  # fmt: skip
+                refused[literal] = raw.status_code
+            after = (await api.get("/api/v1/budget/caps")).json()
+    finally:
+        await redis.delete("sb:budget:caps")
+        await redis.aclose()
+    assert refused == dict.fromkeys(refused, 422), refused
+    assert after["per_day_usd"] == 40.0 and after["per_call_usd"] is None  # the refusals changed nothing

@@ -89,6 +89,49 @@ async def test_csv_import_reports_bad_rows_and_reimport_changes_nothing(api: htt
     assert "America/Chicago" in by_phone["+15125550123"]["location"]["zones"]
 
 
+async def test_the_documented_json_contact_import_is_reachable(api: httpx.AsyncClient) -> None:
+    cid = await make_campaign(api)
+    imported = await api.post(f"/api/v1/campaigns/{cid}/contacts", json=[
+        {"phone": "(212) 555-0123", "name": "Ada", "state": "NY", "consent": "written",
+         "consent_at": "2026-05-01T10:00:00Z", "consent_source": "web form"}])  # fmt: skip
+    assert imported.status_code == 200, imported.text
+    assert imported.json()["created"] == 1
+    assert [c["phone"] for c in (await api.get(f"/api/v1/campaigns/{cid}/contacts")).json()["items"]] == [
+        "+12125550123"
+    ]
+
+
+async def test_campaign_fields_it_will_not_apply_or_cannot_store_are_refused_with_the_reason(
+    api: httpx.AsyncClient,
+) -> None:
+    cid = await make_campaign(api)
+    await api.post(f"/api/v1/campaigns/{cid}/start")
+    cases = {
+        "purpose on a running campaign": {"purpose": "marketing"},
+        "unknown field": {"colour": "blue"},
+        "null name": {"name": None},
+        "null concurrency": {"concurrency": None},
+        "name over its column": {"name": "x" * 201},
+        "NUL in a name": {"name": "July\u0000reminders"},
+        "retry spacing of 1e20 minutes": {"retry_spacing_min": 10**20},
+        "calls per second past the top": {"calls_per_second": 1e308},
+    }
+    answers = {name: await api.patch(f"/api/v1/campaigns/{cid}", json=body) for name, body in cases.items()}
+    created = {
+        "unknown field": await api.post("/api/v1/campaigns", json={**CAMPAIGN, "colour": "blue"}),
+        "NUL in the subject": await api.post("/api/v1/campaigns", json={**CAMPAIGN, "subject": "a\u0000b"}),
+        "huge retry spacing": await api.post("/api/v1/campaigns", json={**CAMPAIGN, "retry_spacing_min": 10**20}),
+    }
+    unchanged = (await api.get(f"/api/v1/campaigns/{cid}")).json()
+    cleared = await api.patch(f"/api/v1/campaigns/{cid}", json={"window_start": None, "window_end": None})
+    for name, response in {**answers, **created}.items():
+        assert response.status_code == 422, (name, response.status_code, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    assert "cannot be null" in answers["null name"].text and "Extra inputs" in answers["unknown field"].text
+    assert (unchanged["name"], unchanged["purpose"]) == (CAMPAIGN["name"], CAMPAIGN["purpose"])
+    assert cleared.status_code == 200 and cleared.json()["window_start"] is None
+
+
 async def test_explain_says_why_and_an_api_revocation_blocks_every_campaign(api: httpx.AsyncClient) -> None:
     cid = await make_campaign(api)
     other = await make_campaign(api, name="Other", subject="billing")

@@ -1,0 +1,22 @@
+"""Field types for request bodies: what every text and number an API client sends must satisfy before
+it goes near the database (PostgreSQL refuses NUL in text; a float may be NaN or infinite)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(no_nul)]
+"""Any text from a client: NUL characters are refused (422), everything else kept as sent."""
+
+
+def bounded_text(max_length: int, *, min_length: int = 0) -> object:
+    return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(no_nul)]

@@ -20,3 +20,8 @@ Text = Annotated[str, AfterValidator(no_nul)]
 
 def bounded_text(max_length: int, *, min_length: int = 0) -> object:
     return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(no_nul)]
+
+
+MAX_ID = 2**31 - 1  # SQL integer keys
+MAX_OFFSET = 2**31 - 1
+SID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # Twilio call sids (CA + 32 hex) and the like: no NUL, no 10 MB ids

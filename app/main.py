@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import structlog
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -39,6 +39,7 @@ from app.dialer.router import router as dialer_router
 from app.dialer.worker import Dialer
 from app.http_guard import FailureBudget, RequestGuard
 from app.observability import Metrics, watch_event_loop_lag
+from app.openapi import install as install_openapi
 from app.problems import install_problem_handlers, problem_response
 from app.runtime import Runtime, make_redis
 from app.settings import Settings
@@ -157,7 +158,8 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         async with app.state.runtime.sessionmaker() as session:
             return await authenticate(session, token)
 
-    app.state.auth_failures = FailureBudget()  # API keys and console sign-ins, per client, shared
+    # API keys and console sign-ins, per client, shared
+    app.state.auth_failures = FailureBudget(burst=settings.auth_failure_burst, window_s=settings.auth_failure_window_s)
     app.add_middleware(
         RequestGuard,
         authenticate=authenticate_key,
@@ -171,12 +173,13 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
     app.include_router(dialer_router)
     app.include_router(budget_router)
     app.include_router(console_router)
+    install_openapi(app)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "Draining"}})
     async def readyz(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         if runtime.draining:
@@ -202,7 +205,7 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         status = "ready" if all(v == "ok" for v in checks.values()) else "degraded"
         return JSONResponse({"status": status, "checks": checks, "active_calls": len(runtime.sessions)})
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # HTTP request bodies: most routes take small JSON or forms; contact, DNC and registry imports more
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_import_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Failed API keys and console sign-ins per client address before it gets 429 until they age out
+    auth_failure_burst: int = Field(default=20, ge=1)
+    auth_failure_window_s: float = Field(default=60.0, gt=0)
     max_bad_frames: int = 50
 
     # Dialer

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
+from app.api_fields import MAX_ID, SID_PATTERN
 from app.archive import review
 from app.archive.facts import DISPOSITIONS
 from app.archive.search import BadQuery, CallFilter, parse_query, search_calls
@@ -84,17 +85,22 @@ def _principal(request: Request) -> Principal:
     return principal
 
 
+MAX_DURATION_S = 7 * 24 * 3600.0
+MAX_COST_USD = 1_000_000.0
+CallSidPath = Annotated[str, Path(pattern=SID_PATTERN)]
+
+
 def call_filter(
     started_from: Annotated[datetime | None, Query(description="calls started at or after (ISO 8601)")] = None,
     started_to: Annotated[datetime | None, Query(description="calls started before (ISO 8601)")] = None,
     direction: Annotated[Literal["inbound", "outbound"] | None, Query()] = None,
     number: Annotated[str | None, Query(description="caller or callee, E.164", pattern=r"^\+[1-9]\d{1,14}$")] = None,
-    campaign_id: Annotated[int | None, Query(ge=1)] = None,
+    campaign_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     disposition: Annotated[list[str] | None, Query(description=f"any of {', '.join(DISPOSITIONS)}")] = None,
-    min_duration_s: Annotated[float | None, Query(ge=0)] = None,
-    max_duration_s: Annotated[float | None, Query(ge=0)] = None,
-    min_cost_usd: Annotated[float | None, Query(ge=0)] = None,
-    max_cost_usd: Annotated[float | None, Query(ge=0)] = None,
+    min_duration_s: Annotated[float | None, Query(ge=0, le=MAX_DURATION_S, allow_inf_nan=False)] = None,
+    max_duration_s: Annotated[float | None, Query(ge=0, le=MAX_DURATION_S, allow_inf_nan=False)] = None,
+    min_cost_usd: Annotated[float | None, Query(ge=0, le=MAX_COST_USD, allow_inf_nan=False)] = None,
+    max_cost_usd: Annotated[float | None, Query(ge=0, le=MAX_COST_USD, allow_inf_nan=False)] = None,
     transferred: Annotated[bool | None, Query()] = None,
     opted_out: Annotated[bool | None, Query()] = None,
     q: Annotated[str | None, Query(description='words, "a phrase", -excluded; all in one line of the call')] = None,
@@ -165,7 +171,15 @@ async def list_calls(
     return CallPage(items=items, next_cursor=page.next_cursor, limit=limit, sort=sort)
 
 
-@router.get("/export", dependencies=[Depends(require_transcripts)])
+_EXPORTS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The export, as CSV (the default for searches) or JSON",
+        "content": {"text/csv": {"schema": {"type": "string"}}, "application/json": {"schema": {}}},
+    }
+}
+
+
+@router.get("/export", dependencies=[Depends(require_transcripts)], responses=_EXPORTS)
 async def export_calls(
     request: Request,
     session: SessionDep,
@@ -194,7 +208,7 @@ async def export_calls(
 
 
 @router.get("/{call_sid}", response_model=CallDetail, dependencies=[Depends(require_transcripts)])
-async def get_call(call_sid: str, request: Request, session: SessionDep) -> CallDetail:
+async def get_call(call_sid: CallSidPath, request: Request, session: SessionDep) -> CallDetail:
     view = await review.load_call(session, call_sid)
     if view is None:
         raise ProblemError(404, "Call not found", f"No archived call {call_sid}.")
@@ -203,9 +217,9 @@ async def get_call(call_sid: str, request: Request, session: SessionDep) -> Call
     return detail
 
 
-@router.get("/{call_sid}/export", dependencies=[Depends(require_transcripts)])
+@router.get("/{call_sid}/export", dependencies=[Depends(require_transcripts)], responses=_EXPORTS)
 async def export_call(
-    call_sid: str,
+    call_sid: CallSidPath,
     request: Request,
     session: SessionDep,
     format: Annotated[Literal["csv", "json"], Query()] = "json",

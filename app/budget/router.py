@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from app.api_fields import MAX_OFFSET, SID_PATTERN
 from app.auth.keys import Role, require_role
 from app.budget.models import BudgetEnforcement
 from app.budget.service import Budget
@@ -31,7 +32,7 @@ def usd(micros: int | None) -> float | None:
 
 
 MAX_CAP_USD = 1_000_000.0  # a cap above this is a typo, not a budget
-Usd = Annotated[float, Field(ge=0, le=MAX_CAP_USD, allow_inf_nan=False)]
+Usd = Annotated[float, Field(ge=0, le=MAX_CAP_USD, allow_inf_nan=False, strict=True)]
 
 
 class CampaignCapsIn(BaseModel):
@@ -41,6 +42,7 @@ class CampaignCapsIn(BaseModel):
 
 
 CampaignId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+_CAMPAIGN_KEYS: dict[str, Any] = {"propertyNames": {"pattern": "^[1-9][0-9]{0,9}$"}}
 
 
 class CapsIn(BaseModel):
@@ -49,7 +51,9 @@ class CapsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     per_call_usd: Usd | None
     per_day_usd: Usd | None
-    campaigns: dict[CampaignId, CampaignCapsIn] = Field(description="campaign id -> {per_call_usd, per_day_usd}")
+    campaigns: dict[CampaignId, CampaignCapsIn] = Field(
+        description="campaign id -> {per_call_usd, per_day_usd}", json_schema_extra=_CAMPAIGN_KEYS
+    )
 
 
 class CapsPatch(BaseModel):
@@ -59,7 +63,7 @@ class CapsPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     per_call_usd: Usd | None = None
     per_day_usd: Usd | None = None
-    campaigns: dict[CampaignId, CampaignCapsIn | None] = Field(default_factory=dict)
+    campaigns: dict[CampaignId, CampaignCapsIn | None] = Field(default_factory=dict, json_schema_extra=_CAMPAIGN_KEYS)
 
 
 class CapsOut(BaseModel):
@@ -97,7 +101,7 @@ async def spend(request: Request, day: Annotated[date | None, Query()] = None) -
 
 
 @router.get("/calls/{call_sid}")
-async def call_spend(call_sid: str, request: Request) -> dict[str, object]:
+async def call_spend(call_sid: Annotated[str, Path(pattern=SID_PATTERN)], request: Request) -> dict[str, object]:
     budget = _budget(request)
     caps = await budget.caps_for(None)
     return {
@@ -197,7 +201,7 @@ class EnforcementOut(BaseModel):
 async def enforcements(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, object]:
     total = await session.scalar(select(func.count()).select_from(BudgetEnforcement)) or 0
     rows = await session.scalars(

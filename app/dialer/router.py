@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import delete, func, select
 
-from app.api_fields import Text
+from app.api_fields import MAX_ID, MAX_OFFSET, Text
 from app.archive.models import Call, TranscriptSegment
 from app.auth.keys import Role, require_role
 from app.db import SessionDep
@@ -189,7 +190,9 @@ class Page(BaseModel, Generic[T]):
 
 
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+CampaignIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+ContactIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @router.post("/campaigns", response_model=CampaignOut, status_code=201)
@@ -211,12 +214,12 @@ async def list_campaigns(session: SessionDep, limit: Limit = 50, offset: Offset 
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
-async def get_campaign(campaign_id: int, session: SessionDep) -> CampaignOut:
+async def get_campaign(campaign_id: CampaignIdPath, session: SessionDep) -> CampaignOut:
     return _out(await _campaign(session, campaign_id))
 
 
 @router.patch("/campaigns/{campaign_id}", response_model=CampaignOut)
-async def update_campaign(campaign_id: int, body: CampaignPatch, session: SessionDep) -> CampaignOut:
+async def update_campaign(campaign_id: CampaignIdPath, body: CampaignPatch, session: SessionDep) -> CampaignOut:
     campaign = await _campaign(session, campaign_id)
     changes = body.model_dump(exclude_unset=True)
     if "window_start" in changes or "window_end" in changes:
@@ -273,14 +276,16 @@ async def _import(session: SessionDep, campaign: Campaign, report: ImportReport)
 
 
 @router.post("/campaigns/{campaign_id}/contacts", response_model=ImportResult)
-async def import_contacts_json(campaign_id: int, items: list[dict[str, Any]], session: SessionDep) -> ImportResult:
+async def import_contacts_json(
+    campaign_id: CampaignIdPath, items: list[dict[str, Any]], session: SessionDep
+) -> ImportResult:
     campaign = await _campaign(session, campaign_id)
     return await _import(session, campaign, await asyncio.to_thread(parse_contacts_json, items, now=utcnow()))
 
 
 @router.post("/campaigns/{campaign_id}/contacts/csv", response_model=ImportResult)
 async def import_contacts_csv(
-    campaign_id: int,
+    campaign_id: CampaignIdPath,
     request: Request,
     session: SessionDep,
     file: Annotated[UploadFile, File(description="CSV with a header row")],
@@ -293,7 +298,6 @@ async def import_contacts_csv(
     return await _import(session, campaign, await asyncio.to_thread(parse_contacts_csv, data, now=utcnow()))
 
 
-# Declared after the contacts routes: /campaigns/{id}/contacts must not be taken for an action.
 _TRANSITIONS = {
     "start": ({"draft"}, "running"),
     "pause": ({"running"}, "paused"),
@@ -302,10 +306,7 @@ _TRANSITIONS = {
 }
 
 
-@router.post("/campaigns/{campaign_id}/{action}", response_model=CampaignOut)
-async def change_status(
-    campaign_id: int, action: Literal["start", "pause", "resume", "stop"], session: SessionDep
-) -> CampaignOut:
+async def change_status(campaign_id: int, action: str, session: SessionDep) -> CampaignOut:
     campaign = await _campaign(session, campaign_id)
     allowed, target = _TRANSITIONS[action]
     if campaign.status not in allowed:
@@ -314,6 +315,27 @@ async def change_status(
     campaign.updated_at = utcnow()
     await session.commit()
     return _out(campaign)
+
+
+def _transition_route(action: str) -> Callable[..., Awaitable[CampaignOut]]:
+    async def transition(campaign_id: CampaignIdPath, session: SessionDep) -> CampaignOut:
+        return await change_status(campaign_id, action, session)
+
+    transition.__name__ = f"{action}_campaign"
+    return transition
+
+
+# One route per action (not /{action}): each is documented, other paths under a campaign are never
+# taken for an action, and an unknown action is a 404, not a 422.
+for _action, (_from, _to) in _TRANSITIONS.items():
+    router.add_api_route(
+        f"/campaigns/{{campaign_id}}/{_action}",
+        _transition_route(_action),
+        methods=["POST"],
+        response_model=CampaignOut,
+        summary=f"{_action.capitalize()} a campaign ({' or '.join(sorted(_from))} -> {_to})",
+        responses={409: {"description": "The campaign's status does not allow this"}},
+    )
 
 
 class ContactOut(BaseModel):
@@ -331,7 +353,7 @@ class ContactOut(BaseModel):
 
 @router.get("/campaigns/{campaign_id}/contacts", response_model=Page[ContactOut])
 async def list_contacts(
-    campaign_id: int, session: SessionDep, limit: Limit = 50, offset: Offset = 0
+    campaign_id: CampaignIdPath, session: SessionDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[ContactOut]:
     await _campaign(session, campaign_id)
     where = Contact.campaign_id == campaign_id
@@ -358,8 +380,8 @@ class DecisionOut(BaseModel):
 
 @router.get("/campaigns/{campaign_id}/contacts/{contact_id}/decision", response_model=DecisionOut)
 async def explain_decision(
-    campaign_id: int,
-    contact_id: int,
+    campaign_id: CampaignIdPath,
+    contact_id: ContactIdPath,
     request: Request,
     session: SessionDep,
     at: Annotated[datetime | None, Query(description="ISO instant with offset; default now")] = None,
@@ -372,6 +394,8 @@ async def explain_decision(
     when = at or utcnow()
     if when.tzinfo is None:
         raise ProblemError(422, "Ambiguous instant", "Give `at` with a UTC offset, e.g. 2026-07-01T15:00:00Z.")
+    if not 2000 <= when.year <= 2100:
+        raise ProblemError(422, "Instant out of range", "`at` must fall between the years 2000 and 2100.")
     jurisdiction: Jurisdiction = request.app.state.runtime.jurisdiction
     decision = await service.decide_for_contact(
         session, campaign=campaign, contact=contact, now=when, jurisdiction=jurisdiction
@@ -399,7 +423,7 @@ class DecisionRecordOut(BaseModel):
 
 @router.get("/campaigns/{campaign_id}/decisions", response_model=Page[DecisionRecordOut])
 async def list_decisions(
-    campaign_id: int, session: SessionDep, limit: Limit = 50, offset: Offset = 0
+    campaign_id: CampaignIdPath, session: SessionDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[DecisionRecordOut]:
     where = DialDecisionRecord.campaign_id == campaign_id
     total = await session.scalar(select(func.count()).select_from(DialDecisionRecord).where(where)) or 0
@@ -423,7 +447,7 @@ class AttemptOut(BaseModel):
 
 @router.get("/campaigns/{campaign_id}/attempts", response_model=Page[AttemptOut])
 async def list_attempts(
-    campaign_id: int, session: SessionDep, limit: Limit = 50, offset: Offset = 0
+    campaign_id: CampaignIdPath, session: SessionDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[AttemptOut]:
     where = Attempt.campaign_id == campaign_id
     total = await session.scalar(select(func.count()).select_from(Attempt).where(where)) or 0
@@ -443,7 +467,7 @@ class Progress(BaseModel):
 
 
 @router.get("/campaigns/{campaign_id}/progress", response_model=Progress)
-async def campaign_progress(campaign_id: int, session: SessionDep) -> Progress:
+async def campaign_progress(campaign_id: CampaignIdPath, session: SessionDep) -> Progress:
     """Contacts by status, attempts by disposition, and the 30-day abandonment rate: answered calls
     where the agent did not speak within 2 s of the call's start (47 CFR 64.1200(a)(7))."""
     await _campaign(session, campaign_id)
@@ -488,7 +512,7 @@ async def campaign_progress(campaign_id: int, session: SessionDep) -> Progress:
 # -- consent and do-not-call ----------------------------------------------------------------
 
 
-Phone = Annotated[Text, Field(max_length=40)]
+Phone = Annotated[Text, Field(min_length=1, max_length=40)]
 Reason = Annotated[Text, Field(min_length=1, max_length=200)]
 
 

@@ -45,10 +45,14 @@ def location_to_dict(loc: Location) -> dict[str, Any]:
     }
 
 
-def location_from_dict(data: dict[str, Any]) -> Location:
+def location_from_dict(data: dict[str, Any] | None, phone: str) -> Location:
+    """A stored location; one that lacks what a decision needs (written by hand, or by an older
+    version) reads as an invalid number, so the contact is held rather than dialed on a guess."""
+    data = data if isinstance(data, dict) else {}
+    kind = data.get("kind")
     return Location(
-        e164=str(data["e164"]),
-        kind=data["kind"],
+        e164=str(data.get("e164") or phone),
+        kind=kind if kind in ("geographic", "non_geographic", "invalid", "foreign") else "invalid",
         zones=tuple(data.get("zones", ())),
         states=tuple(data.get("states", ())),
         notes=tuple(data.get("notes", ())),
@@ -117,7 +121,7 @@ async def decide_for_contact(
 ) -> DialDecision:
     consent, revoked = await consent_for(session, contact.phone)
     facts = ContactFacts(
-        location=location_from_dict(contact.location),
+        location=location_from_dict(contact.location, contact.phone),
         consent=consent,
         revoked=revoked,
         internal_dnc=await on_internal_dnc(session, contact.phone),

@@ -1,0 +1,52 @@
+"""What the server writes to disk and to its logs keeps callers' data private."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from app.console.sessions import load_secret
+from app.db import make_engine
+from app.settings import Settings
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_sqlite_file_its_directory_and_the_console_secret_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    engine = make_engine(f"sqlite+aiosqlite:///{data / 'switchboard.db'}")
+
+    async def touch() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        await engine.dispose()
+
+    asyncio.run(touch())
+    load_secret(Settings(data_dir=data))
+    assert mode(data) == 0o700
+    assert mode(data / "switchboard.db") == 0o600
+    assert mode(data / "console_secret") == 0o600
+    # a database file left readable by an older version is narrowed
+    (data / "switchboard.db").chmod(0o644)
+    make_engine(f"sqlite+aiosqlite:///{data / 'switchboard.db'}")
+    assert mode(data / "switchboard.db") == 0o600
+
+
+@pytest.mark.asyncio
+async def test_a_failed_statement_does_not_carry_its_parameters_into_the_error(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    try:
+        with pytest.raises(DBAPIError) as failed:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO missing_table VALUES (:phone)"), {"phone": "+12125550123"})
+    finally:
+        await engine.dispose()
+    assert "+12125550123" not in str(failed.value)
+    assert "hidden" in str(failed.value)

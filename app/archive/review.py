@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -167,11 +168,26 @@ async def audit(
 # -- exports --------------------------------------------------------------------------------------
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a spreadsheet should show it: text that a spreadsheet would run as a formula (it starts
+    with = + - @, a tab or a carriage return) gets a leading apostrophe, so a caller who says
+    "=HYPERLINK(...)" is shown, not run. Plain numbers (an E.164 phone number, -3) stay as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def _csv_row(values: Iterable[Any]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow(
-        "" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in values
-    )
+    csv.writer(buffer, lineterminator="\r\n").writerow(csv_cell(v) for v in values)
     return buffer.getvalue()
 
 

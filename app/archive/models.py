@@ -107,7 +107,7 @@ class AuditEntry(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     key_id: Mapped[str | None] = mapped_column(String(32), index=True)
     role: Mapped[str | None] = mapped_column(String(16))
-    action: Mapped[str] = mapped_column(String(32))  # read_call | export_call | export_search | search
+    action: Mapped[str] = mapped_column(String(32))  # read_call | export_call | export_search | search | read_live
     target: Mapped[str | None] = mapped_column(String(64))  # a call sid, or None for a search
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     via: Mapped[str] = mapped_column(String(16), default="api")  # api | console

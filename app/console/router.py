@@ -37,6 +37,7 @@ from app.console.sessions import (
     SESSION_COOKIE,
     ConsoleSession,
     SessionCodec,
+    live_audit_key,
     load_secret,
     revoke_session,
     session_revoked,
@@ -51,6 +52,7 @@ log = structlog.get_logger()
 HERE = Path(__file__).parent
 STATIC = {"console.css": "text/css", "live.js": "text/javascript"}
 PAGE_SIZE = 50
+LIVE_AUDIT_EVERY_S = 60
 VIA = "console"
 HEADERS = {
     "Content-Security-Policy": (
@@ -481,12 +483,20 @@ async def live_page(request: Request, db: SessionDep) -> Response:
         return _forbidden_transcripts(request, viewer)
     error = None
     calls: list[dict[str, Any]] = []
+    first = True
     try:
         calls = await live_calls(_runtime(request).call_store, now_ms=int(time.time() * 1000))
+        first = bool(await _runtime(request).redis.set(live_audit_key(viewer.session), "1", nx=True,
+                                                       ex=LIVE_AUDIT_EVERY_S))  # fmt: skip
     except (RedisError, OSError) as exc:
         error = f"Live state is unavailable ({type(exc).__name__}); retrying."
-    await review.audit(db, viewer.principal, "read_live", detail={"calls": len(calls)}, via=VIA)
+    if first:  # the page and its polls: one entry per session per minute
+        await review.audit(db, viewer.principal, "read_live", detail={"calls": _live_sids(calls)}, via=VIA)
     return _render(request, "live.html", viewer=viewer, title="Live calls", section="live", calls=calls, error=error)
+
+
+def _live_sids(calls: list[dict[str, Any]]) -> list[str]:
+    return sorted(str(c.get("call_sid")) for c in calls)[:50]
 
 
 @router.get("/live.json")
@@ -496,12 +506,17 @@ async def live_json(request: Request, db: SessionDep) -> Response:
         return JSONResponse({"error": "signed out", "reason": viewer or "no session"}, status_code=401, headers=HEADERS)
     if not viewer.principal.reads_transcripts:
         return JSONResponse({"error": "this key may not read transcripts"}, status_code=403, headers=HEADERS)
+    redis = _runtime(request).redis
     try:
         calls = await live_calls(_runtime(request).call_store, now_ms=int(time.time() * 1000))
+        # The page polls every few seconds: one audit entry per session per minute says who watched.
+        first = await redis.set(live_audit_key(viewer.session), "1", nx=True, ex=LIVE_AUDIT_EVERY_S)
     except (RedisError, OSError) as exc:
         return JSONResponse(
             {"error": f"live state unavailable: {type(exc).__name__}"}, status_code=503, headers=HEADERS
         )
+    if first:
+        await review.audit(db, viewer.principal, "read_live", detail={"calls": _live_sids(calls)}, via=VIA)
     return JSONResponse({"at": datetime.now(UTC).isoformat(), "calls": calls}, headers=HEADERS)
 
 

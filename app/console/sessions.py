@@ -151,8 +151,17 @@ def _loads(serializer: URLSafeSerializer, value: str | None) -> Any:
 # (by a hash of its CSRF token, unique per session) in Redis until the cookie would have expired.
 
 
+def _session_id(session: ConsoleSession) -> str:
+    return hashlib.sha256(session.csrf.encode()).hexdigest()[:32]
+
+
 def _revocation_key(session: ConsoleSession) -> str:
-    return "sb:console:revoked:" + hashlib.sha256(session.csrf.encode()).hexdigest()[:32]
+    return "sb:console:revoked:" + _session_id(session)
+
+
+def live_audit_key(session: ConsoleSession) -> str:
+    """Set for a minute after a session's live view was audited."""
+    return "sb:console:live-audited:" + _session_id(session)
 
 
 async def revoke_session(redis: Redis, session: ConsoleSession, *, now: float) -> None:

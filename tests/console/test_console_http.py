@@ -385,6 +385,10 @@ async def test_live_json_shows_a_call_put_into_redis_through_the_call_store(tmp_
             page = await client.get("/console/live")
             await store.finish(sid)
             after = (await client.get("/console/live.json")).json()
+            # Another session (another tab, another supervisor) is audited on its own.
+            async with httpx.AsyncClient(base_url=base) as other:
+                await sign_in(other, key)
+                await other.get("/console/live.json")
     finally:
         await forget(store, sid)
         await redis.aclose()
@@ -397,7 +401,10 @@ async def test_live_json_shows_a_call_put_into_redis_through_the_call_store(tmp_
     assert "Hello, Acme Dental." in page.text and '<li class="line agent interrupted">' in page.text
     assert sid not in {c["call_sid"] for c in after["calls"]}
     entries = await audit_log(settings)
-    assert [(e.action, e.via) for e in entries if e.action == "read_live"] == [("read_live", "console")]
+    # The JSON the page polls is audited too: once per session per minute, naming the calls watched.
+    watched = [e for e in entries if e.action == "read_live"]
+    assert [(e.action, e.via) for e in watched] == [("read_live", "console")] * 2
+    assert sid in watched[0].detail["calls"]
 
 
 def _now_ms() -> int:

@@ -50,3 +50,27 @@ async def test_a_failed_statement_does_not_carry_its_parameters_into_the_error(t
         await engine.dispose()
     assert "+12125550123" not in str(failed.value)
     assert "hidden" in str(failed.value)
+
+
+@pytest.mark.asyncio
+async def test_instants_come_back_with_their_offset_from_sqlite(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy import Column, Integer, MetaData, Table, insert, select
+    from sqlalchemy.exc import StatementError
+
+    from app.db import UtcDateTime
+
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("at", UtcDateTime()))
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    new_york = datetime(2026, 12, 2, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(table.metadata.create_all)
+            await conn.execute(insert(table).values(id=1, at=new_york))
+            back = (await conn.execute(select(table.c.at))).scalar_one()
+            with pytest.raises(StatementError, match="names no instant"):
+                await conn.execute(insert(table).values(id=2, at=datetime(2026, 12, 2, 9, 30)))
+    finally:
+        await engine.dispose()
+    assert back == new_york and back.tzinfo is UTC and back.isoformat() == "2026-12-02T14:30:00+00:00"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base
+from app.db import Base, UtcDateTime
 
 
 class Call(Base):
@@ -22,8 +22,8 @@ class Call(Base):
     to_number: Mapped[str | None] = mapped_column(String(255), index=True)
     status: Mapped[str] = mapped_column(String(32))
     end_reason: Mapped[str | None] = mapped_column(Text)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     duration_ms: Mapped[int | None] = mapped_column(Integer, index=True)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # What a supervisor filters and sorts by, worked out once when the call is archived.
@@ -37,7 +37,7 @@ class Call(Base):
     latency_p50_ms: Mapped[int | None] = mapped_column(Integer)
     latency_p95_ms: Mapped[int | None] = mapped_column(Integer)
     redacted: Mapped[bool] = mapped_column(Boolean, default=False)
-    transcript_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    transcript_purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     segments: Mapped[list[TranscriptSegment]] = relationship(
         back_populates="call", order_by="TranscriptSegment.seq", cascade="all, delete-orphan"
@@ -94,7 +94,7 @@ class CallEvent(Base):
     kind: Mapped[str] = mapped_column(String(48))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     offset_ms: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class AuditEntry(Base):
@@ -104,7 +104,7 @@ class AuditEntry(Base):
     __table_args__ = (Index("ix_audit_log_target", "target"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     key_id: Mapped[str | None] = mapped_column(String(32), index=True)
     role: Mapped[str | None] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(32))  # read_call | export_call | export_search | search | read_live

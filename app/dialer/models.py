@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base
+from app.db import Base, UtcDateTime
 
 
 class Campaign(Base):
@@ -29,8 +29,8 @@ class Campaign(Base):
     concurrency: Mapped[int] = mapped_column(Integer, default=5)
     calls_per_second: Mapped[float] = mapped_column(default=1.0)
     machine_action: Mapped[str] = mapped_column(String(16), default="voicemail")  # voicemail | hangup
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Contact(Base):
@@ -52,9 +52,9 @@ class Contact(Base):
     location: Mapped[dict[str, Any]] = mapped_column(JSON)  # kind, zones, states: computed once at import
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | in_progress | done | held
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     disposition: Mapped[str | None] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class ConsentRecord(Base):
@@ -66,9 +66,9 @@ class ConsentRecord(Base):
     phone: Mapped[str] = mapped_column(String(20), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # written | express
     source: Mapped[str | None] = mapped_column(String(200))
-    granted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    granted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     revoked_reason: Mapped[str | None] = mapped_column(String(200))
 
 
@@ -81,8 +81,8 @@ class DncEntry(Base):
     phone: Mapped[str] = mapped_column(String(20), index=True)
     reason: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(64))  # api | opt_out_tool | dtmf | import
-    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    added_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     removed_reason: Mapped[str | None] = mapped_column(String(200))
 
 
@@ -92,7 +92,7 @@ class NationalDncImport(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     as_of: Mapped[date] = mapped_column(Date)
     numbers: Mapped[int] = mapped_column(Integer)
-    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    imported_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class NationalDncNumber(Base):
@@ -111,12 +111,12 @@ class Attempt(Base):
     phone: Mapped[str] = mapped_column(String(20), index=True)
     subject: Mapped[str] = mapped_column(String(200))
     purpose: Mapped[str] = mapped_column(String(16))
-    placed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    placed_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     call_sid: Mapped[str | None] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(24), default="placing")
     answered_by: Mapped[str | None] = mapped_column(String(32))
     disposition: Mapped[str | None] = mapped_column(String(32))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class DialDecisionRecord(Base):
@@ -128,8 +128,8 @@ class DialDecisionRecord(Base):
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), index=True)
     phone: Mapped[str] = mapped_column(String(20))
-    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     outcome: Mapped[str] = mapped_column(String(8))
-    defer_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    defer_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
     reasons: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     attempt_id: Mapped[int | None] = mapped_column(ForeignKey("attempts.id", ondelete="SET NULL"))

@@ -71,6 +71,8 @@ async def test_campaign_lifecycle_and_validation(api: httpx.AsyncClient) -> None
     backwards = await api.post("/api/v1/campaigns", json={**CAMPAIGN, "window_start": "18:00", "window_end": "10:00"})
     assert backwards.status_code == 422
     assert (await api.get("/api/v1/campaigns/999")).status_code == 404
+    # every instant carries its offset, SQLite included
+    assert got["created_at"].endswith(("+00:00", "Z")) and got["updated_at"].endswith(("+00:00", "Z"))
     listing = (await api.get("/api/v1/campaigns", params={"limit": 1})).json()
     assert listing["total"] >= 1 and len(listing["items"]) == 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 
 CARD = "[card]"
 SSN = "[ssn]"
@@ -65,3 +66,22 @@ def redactor(patterns: Iterable[str]) -> Callable[[str], str]:
         return text
 
     return redact
+
+
+def redact_values(value: Any, redact: Callable[[str], str]) -> Any:
+    """Every text in a JSON-like value redacted (dict keys kept): a tool's arguments, an event's detail."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_values(v, redact) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(v, redact) for v in value]
+    return value
+
+
+def reason_category(end_reason: str | None) -> str | None:
+    """What kind of end it was, without the free text after it: "agent hung up: the caller said their
+    card is 4111..." -> "agent hung up". For readers who may not see what was said."""
+    if end_reason is None:
+        return None
+    return end_reason.split(":", 1)[0].strip()[:80]

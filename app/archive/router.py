@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from app.api_fields import MAX_ID, SID_PATTERN
 from app.archive import review
 from app.archive.facts import DISPOSITIONS
+from app.archive.redaction import reason_category
 from app.archive.search import BadQuery, CallFilter, parse_query, search_calls
 from app.auth.keys import Principal, Role, require_role, require_transcripts
 from app.db import SessionDep
@@ -163,6 +164,8 @@ async def list_calls(
     items = []
     for call in page.calls:
         item = CallMatch.model_validate(review.summary(call))
+        if not principal.reads_transcripts:  # an end reason may quote the model or the caller
+            item.end_reason = reason_category(item.end_reason)
         if filters.q:
             item.matches = [Segment.model_validate(s, from_attributes=True) for s in page.matches.get(call.id, [])]
         items.append(item)

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
+from app.archive.redaction import redact_values
 from app.archive.service import CallEventRecord, CallRecord, archive_call
 from app.calls.live import line_from_dict
 from app.core.bridge import TranscriptLine
@@ -67,8 +68,9 @@ async def archive_live_call(
         for seq, line in enumerate(sorted(by_identity.values(), key=lambda line: (line.offset_ms, line.seq)), start=1)
     ]
     redact = rt.redact
-    if redact is not None:  # lines that never reached Redis are still the originals
+    if redact is not None:  # lines (and events) that never reached Redis are still the originals
         ordered = [dataclasses.replace(line, text=redact(line.text)) for line in ordered]
+        end_reason = redact(end_reason)
     cost: int | None = None
     try:
         cost = await rt.budget.ledger.call_total(call_sid)
@@ -77,6 +79,10 @@ async def archive_live_call(
     campaign = meta.get("campaign_id")
     merged_events = {key: event_from_dict(d) for key, d in stored_events.items()}
     merged_events.update(events or {})
+    if redact is not None:
+        merged_events = {
+            key: dataclasses.replace(e, detail=redact_values(e.detail, redact)) for key, e in merged_events.items()
+        }
     started = meta.get("started_at_ms")
     record = CallRecord(
         call_sid=call_sid,

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from app.adapters.openai_realtime import RealtimeUpstream
 from app.adapters.twilio_rest import TwilioError
 from app.adapters.twilio_signatures import SETTINGS_HEADER
+from app.archive.redaction import redact_values
 from app.archive.service import CallEventRecord
 from app.budget.policy import Action, CapVerdict
 from app.budget.pricing import CLOSING_MAX_OUTPUT_TOKENS
@@ -729,6 +730,9 @@ class CallSession:
         offset = self.now_ms() - bridge.started_at_ms if bridge is not None else None
         self._event_seq += 1
         key = f"{self._epoch:06d}-{self._event_seq:06d}"
+        redact = self.rt.redact
+        if redact is not None:  # tool arguments, reasons, outputs: what the model or caller said
+            detail = redact_values(detail, redact)
         record = CallEventRecord(kind, detail, offset, datetime.now(UTC))
         self.events[key] = record
         live = getattr(self, "live", None)
@@ -888,7 +892,8 @@ class CallSession:
                     await self.meter.release()
             except (RedisError, OSError) as exc:  # reaped once stale instead
                 log.warning("budget.release_failed", call_sid=sid, error=repr(exc))
-            self.live.meta({"status": "ended", "end_reason": self.end_reason})
+            redact = rt.redact
+            self.live.meta({"status": "ended", "end_reason": redact(self.end_reason) if redact else self.end_reason})
             flushed = await self.live.flush(FLUSH_TIMEOUT_S)
             self.phase = "finishing: archiving"
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,11 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import respx
+from sqlalchemy import text
 
+from app.auth.keys import Role
 from app.calls.tools import AgentTool, ToolContext, ToolRegistry
+from app.db import make_engine
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from tests.support import (
@@ -20,6 +24,7 @@ from tests.support import (
     TWILIO_API,
     TwilioStream,
     archived,
+    key_for,
     make_settings,
     open_call,
     post_webhook,
@@ -70,6 +75,50 @@ async def test_end_call_hangs_up_through_twilio_rest_after_the_goodbye(tmp_path:
     form = parse_qs(route.calls.last.request.content.decode())
     assert form == {"Status": ["completed"]}
     assert route.calls.last.request.headers["authorization"].startswith("Basic ")
+
+
+async def test_a_card_number_in_what_the_model_says_is_redacted_wherever_it_is_stored(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    card = "4111 1111 1111 1111"
+    reason = f"caller read out their card {card} and asked to hang up"
+    config = EmulatorConfig(
+        tts="synthetic",
+        transcripts=["ok, please hang up now"],
+        function_calls={"hang up": ("end_call", {"reason": reason})},
+    )
+    async with RealtimeEmulator(config) as emulator, respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        settings = make_settings(tmp_path, realtime_url=emulator.url, database_url=postgres_url,
+                                 redact_transcripts="card")  # fmt: skip
+        ops = await key_for(settings.effective_database_url, Role.ops)  # no transcripts grant
+        async with serve(settings) as base:
+            sid, token = await open_call(base, uuid.uuid4().int % (1 << 90))
+            _route, called = twilio_call_route(mock, sid)
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                await tw.wait_for(lambda m: m["event"] == "media")
+                await say_turn(tw)
+                await asyncio.wait_for(called.wait(), 10)
+                await tw.wait_closed()  # the server ends the stream after the hang-up
+            record = await archived(base, settings, sid)
+            async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ops}"}) as api:
+                listed = (await api.get("/api/v1/calls", params={"direction": "inbound"})).json()["items"]
+    engine = make_engine(postgres_url)
+    try:
+        async with engine.connect() as conn:
+            stored = [
+                str(row)
+                for table in ("calls", "tool_invocations", "call_events")
+                for row in (await conn.execute(text(f"SELECT * FROM {table}"))).all()
+            ]
+    finally:
+        await engine.dispose()
+    redacted = reason.replace(card, "[card]")
+    assert record["end_reason"] == f"agent hung up: {redacted}"
+    assert [t["arguments"] for t in record["tools"]] == [{"reason": redacted}]
+    assert not [row for row in stored if card in row or card.replace(" ", "") in row]  # nowhere in the archive
+    ours = next(c for c in listed if c["call_sid"] == sid)
+    assert ours["end_reason"] == "agent hung up"  # ops without the grant: the kind of end, not the words
 
 
 async def test_transfer_speaks_a_handoff_line_then_dials_the_human(tmp_path: Path) -> None:

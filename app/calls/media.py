@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -213,7 +214,19 @@ class CallSession:
             )
         except StreamTokenError as exc:
             raise StreamRefused(CLOSE_POLICY, exc.reason, "token") from exc
+        if not await self._first_use(str(start.custom_parameters.get("token"))):
+            raise StreamRefused(CLOSE_POLICY, "stream token already used", "token_reused")
         return start, kind
+
+    async def _first_use(self, token: str) -> bool:
+        """A stream token admits one stream: a copy replayed within its lifetime is refused. With Redis
+        away the token is taken (the call matters more) and that is said."""
+        key = "sb:stream-token-used:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+        try:
+            return bool(await self.rt.redis.set(key, "1", nx=True, ex=self.rt.settings.stream_token_ttl_s + 60))
+        except (RedisError, OSError) as exc:
+            log.warning("call.token_use_unchecked", error=repr(exc))
+            return True
 
     async def _claim(self, kind: str, meta: dict[str, Any]) -> None:
         """Take the call's lease: refused while another stream holds it, unless this one resumes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -121,7 +122,34 @@ async def resume(request: Request) -> Response:
     except (RedisError, OSError) as exc:
         log.warning("call.resume_without_live_state", call_sid=call_sid, error=repr(exc))
         meta = {}
+    if resumable(meta) and not await _lease_free(rt, call_sid):
+        # A stream still drives this call (it renews the lease): no second stream gets a token for it.
+        log.warning("call.resume_refused_stream_active", call_sid=call_sid)
+        raise ProblemError(409, "Call has an active stream", "This call's media stream is live; it cannot be resumed.")
     return Response(resume_twiml(rt, call_sid, meta), media_type=TWIML)
+
+
+LEASE_POLL_S = 0.2
+
+
+async def _lease_free(rt: Runtime, call_sid: str) -> bool:
+    """Wait (up to the lease's TTL and a second) for the call's lease to be released, as a handed-over
+    or lost stream's node does at once, or to lapse, as a dead node's does. Redis away: free."""
+    deadline = time.monotonic() + rt.settings.lease_ttl_s + 1.0
+    while True:
+        try:
+            if await rt.call_store.lease_holder(call_sid) is None:
+                return True
+        except (RedisError, OSError):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(LEASE_POLL_S)
+
+
+def resumable(meta: dict[str, object]) -> bool:
+    """Live state of a call that a new stream would take over (not ended, no end requested)."""
+    return bool(meta) and not meta.get("end_requested") and meta.get("status") != "ended"
 
 
 def resume_twiml(rt: Runtime, call_sid: str, meta: dict[str, object]) -> str:
@@ -139,7 +167,7 @@ def resume_twiml(rt: Runtime, call_sid: str, meta: dict[str, object]) -> str:
             if transfer_to
             else twiml.apologise_and_hang_up(APOLOGY)
         )
-    if not meta or end or meta.get("status") == "ended":
+    if not resumable(meta):
         return twiml.apologise_and_hang_up(APOLOGY)
     # The stream was lost (a node died, a network blip): a new stream on any node takes the call over.
     direction = str(meta.get("direction") or "inbound")

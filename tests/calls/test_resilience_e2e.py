@@ -153,11 +153,13 @@ async def test_an_aged_session_rolls_over_at_a_quiet_moment_without_a_gap(tmp_pa
     assert len(greeting_requests) == 1
 
 
-async def test_a_second_stream_for_a_live_call_is_refused_and_a_resume_stream_takes_over(
+async def test_a_live_call_gets_no_second_stream_and_its_tokens_admit_one_stream_each(
     tmp_path: Path, redis_url: str
 ) -> None:
     async with RealtimeEmulator(conversation([])) as emulator:
-        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url)
+        settings = make_settings(
+            tmp_path, realtime_url=emulator.url, redis_url=redis_url, lease_ttl_s=2.0, lease_renew_s=0.5
+        )
         async with serve(settings) as base:
             sid, token = await open_call(base, unique_call())
             async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as first:
@@ -168,20 +170,31 @@ async def test_a_second_stream_for_a_live_call_is_refused_and_a_resume_stream_ta
                 async with TwilioStream.open(base, call_sid=sid, token=token2) as second:
                     await second.wait_closed()
                 assert (second.close_code, second.close_reason) == (1008, "call already has an active media stream")
-                # Twilio runs the <Redirect> when it has lost a stream: that stream may take over.
-                resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
-                _, params = twiml_stream(resume.text)
-                async with TwilioStream.open(base, call_sid=sid, token=params["token"], auto_ack=True) as third:
-                    await first.wait_closed()
-                    assert (first.close_code, first.close_reason) == (1008, "call taken over by another stream")
-                    replacement = await emulator.wait_for_session(1)
-                    await replacement.wait_for(lambda e: e["type"] == "session.update")
-                    await third.stop()
-                    await third.wait_closed()
+                # A copy of the first stream's token is refused outright: a token admits one stream.
+                async with TwilioStream.open(base, call_sid=sid, token=token) as replay:
+                    await replay.wait_closed()
+                assert (replay.close_code, replay.close_reason) == (1008, "stream token already used")
+                # While the stream renews its lease, /twilio/resume hands out no token for the call.
+                refused = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
+                assert refused.status_code == 409, refused.text
+                # Twilio loses the stream (no stop): the node lets go of the lease at once, and the
+                # <Redirect> to /twilio/resume gets a resume token for a new stream.
+                await first.ws.close()
+                await first.wait_closed()
+            resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
+            _, params = twiml_stream(resume.text)
+            async with TwilioStream.open(base, call_sid=sid, token=params["token"], auto_ack=True) as third:
+                replacement = await emulator.wait_for_session(1)
+                await replacement.wait_for(lambda e: e["type"] == "session.update")
+                await third.stop()
+                await third.wait_closed()
+            async with TwilioStream.open(base, call_sid=sid, token=params["token"]) as again:
+                await again.wait_closed()
             record = await archived(base, settings, sid)
-    assert len(emulator.sessions) == 2  # the refused stream never opened a Realtime session
+    assert (again.close_code, again.close_reason) == (1008, "stream token already used")
+    assert len(emulator.sessions) == 2  # the refused streams never opened a Realtime session
     kinds = [e["kind"] for e in record["events"]]
-    assert "stream_took_over" in kinds and "stream_resumed" in kinds
+    assert "stream_resumed" in kinds
     assert [s["speaker"] for s in record["transcript"]] == ["agent"]  # one greeting, not two
 
 

@@ -106,11 +106,12 @@ async def test_a_card_number_in_what_the_model_says_is_redacted_wherever_it_is_s
     engine = make_engine(postgres_url)
     try:
         async with engine.connect() as conn:
-            stored = [
-                str(row)
-                for table in ("calls", "tool_invocations", "call_events")
-                for row in (await conn.execute(text(f"SELECT * FROM {table}"))).all()
+            queries = [
+                "SELECT * FROM calls WHERE call_sid = :sid",
+                "SELECT t.* FROM tool_invocations t JOIN calls c ON c.id = t.call_id WHERE c.call_sid = :sid",
+                "SELECT * FROM call_events WHERE call_sid = :sid",
             ]
+            stored = [str(row) for q in queries for row in (await conn.execute(text(q), {"sid": sid})).all()]
     finally:
         await engine.dispose()
     redacted = reason.replace(card, "[card]")

@@ -199,13 +199,18 @@ class Dialer:
                     async_amd_status_callback=f"{base}/twilio/amd?attempt={attempt.id}",
                 )
             except TwilioError as exc:
-                log.warning("dialer.call_failed", attempt=attempt.id, status=exc.status, code=exc.code)
-                attempt.status, attempt.disposition, attempt.ended_at = (
-                    "failed",
-                    f"twilio {exc.code or exc.status}",
-                    now,
-                )
-                schedule_retry(campaign, contact, "failed", now)
+                verdict, why = placement_failure(exc.status, exc.code)
+                log.warning(
+                    "dialer.call_failed", attempt=attempt.id, status=exc.status, code=exc.code, verdict=verdict,
+                    reason=NEVER_CALLABLE.get(exc.code or 0, exc.message[:200]),
+                )  # fmt: skip
+                attempt.status, attempt.disposition, attempt.ended_at = "failed", why, now
+                if verdict == "retry":
+                    schedule_retry(campaign, contact, "failed", now)
+                else:  # never dialed again: done for a number that cannot be called, held for an operator
+                    contact.status = "done" if verdict == "never" else "held"
+                    contact.disposition = why
+                    contact.next_attempt_at = None
                 await session.commit()
                 return
             attempt.call_sid, attempt.status = call.sid, call.status or "queued"
@@ -226,6 +231,34 @@ class Dialer:
             .where(Attempt.contact_id == contact.id, Attempt.placed_at > now - timedelta(hours=24))
         )
         return int(count or 0)
+
+
+# Twilio errors that say this number can never be called from here (invalid, unreachable, not a phone
+# number): dialing it again only spends an attempt. https://www.twilio.com/docs/api/errors
+NEVER_CALLABLE = {
+    13224: "invalid phone number",
+    13225: "forbidden phone number",
+    13226: "invalid country code",
+    21211: "invalid 'To' phone number",
+    21214: "'To' phone number cannot be reached",
+    21217: "phone number does not appear to be valid",
+    21401: "invalid phone number",
+    21421: "phone number is invalid",
+    21614: "'To' number is not a valid mobile number",
+}
+
+
+def placement_failure(status: int, code: int | None) -> tuple[str, str]:
+    """What a refused call request means for the contact, and the disposition that says why (at most
+    32 characters): ("never", "uncallable (twilio 21217)") for a number that can never be called;
+    ("review", "refused (twilio 21215)") for any other 4xx (the request itself is refused: account,
+    caller ID or geographic permissions an operator must fix; the contact is held until released);
+    ("retry", "failed (twilio 503)") for rate limits, Twilio's 5xx and network failures."""
+    if code in NEVER_CALLABLE:
+        return "never", f"uncallable (twilio {code})"
+    if 400 <= status < 500 and status != 429:
+        return "review", f"refused (twilio {code or status})"
+    return "retry", f"failed (twilio {code or status or 'network'})"
 
 
 def schedule_retry(campaign: Campaign, contact: Contact, outcome: str, now: datetime) -> None:

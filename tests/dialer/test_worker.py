@@ -21,7 +21,7 @@ from app.dialer.models import Attempt, Campaign, Contact, DialDecisionRecord
 from app.dialer.outcomes import record_status
 from app.dialer.policy import Outcome
 from app.dialer.service import import_contacts
-from app.dialer.worker import CallsPerSecond, Dialer
+from app.dialer.worker import CallsPerSecond, Dialer, placement_failure
 from app.main import build_runtime
 from app.runtime import Runtime
 from tests.support import ACCOUNT_SID, TWILIO_API, make_settings
@@ -228,3 +228,62 @@ async def test_two_workers_never_exceed_a_small_concurrency_together(
             await rt.twilio.aclose()
     assert max(peaks) == 3  # both workers together, never more than the campaign allows
     assert sum(peaks) == 40
+
+
+async def test_refused_call_requests_are_classified_by_what_a_retry_could_change() -> None:
+    assert placement_failure(400, 21217) == ("never", "uncallable (twilio 21217)")
+    assert placement_failure(400, 13224) == ("never", "uncallable (twilio 13224)")
+    assert placement_failure(400, 21215) == ("review", "refused (twilio 21215)")  # geo permissions: ops fix it
+    assert placement_failure(401, 20003) == ("review", "refused (twilio 20003)")
+    assert placement_failure(429, 20429) == ("retry", "failed (twilio 20429)")
+    assert placement_failure(503, None) == ("retry", "failed (twilio 503)")
+    assert placement_failure(0, None) == ("retry", "failed (twilio network)")
+    assert all(len(placement_failure(s, c)[1]) <= 32 for s, c in [(400, 21217), (400, 99999), (0, None)])
+
+
+async def test_a_number_twilio_says_can_never_be_called_is_not_retried_and_says_why(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    settings = make_settings(
+        tmp_path, realtime_url="ws://127.0.0.1:9/v1", redis_url=redis_url, database_url=postgres_url
+    )
+    rt = build_runtime(settings)
+    answers = {  # by the last digit of the number dialed
+        "0": httpx.Response(
+            400, json={"code": 21217, "message": "Phone number does not appear to be valid", "status": 400}
+        ),
+        "1": httpx.Response(400, json={"code": 21215, "message": "Geo permission", "status": 400}),
+        "2": httpx.Response(503, json={"code": 20500, "message": "Internal error", "status": 503}),
+    }
+
+    def twilio_create(request: httpx.Request) -> httpx.Response:
+        return answers[parse_qs(request.content.decode())["To"][0][-1]]
+
+    try:
+        campaign_id = await seed(rt, contacts=3, concurrency=5, cps=50)
+        clock = Clock(NOON_EAST)
+        dialer = Dialer(rt, clock=clock, batch=10)
+        with respx.mock(assert_all_called=False) as mock:
+            route = mock.post(f"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json")
+            route.mock(side_effect=twilio_create)
+            while await dialer.run_once():
+                pass
+            clock.now = NOON_EAST + timedelta(minutes=61)  # past the retry spacing
+            while await dialer.run_once():
+                pass
+        async with rt.sessionmaker() as session:
+            contacts = {
+                c.phone[-1]: c for c in await session.scalars(select(Contact).where(Contact.campaign_id == campaign_id))
+            }
+            attempts = Counter(
+                c.phone[-1]
+                for c in await session.scalars(select(Contact).join(Attempt, Attempt.contact_id == Contact.id)
+                                               .where(Attempt.campaign_id == campaign_id))
+            )  # fmt: skip
+    finally:
+        await rt.redis.aclose()
+        await rt.engine.dispose()
+        await rt.twilio.aclose()
+    assert (contacts["0"].status, contacts["0"].disposition) == ("done", "uncallable (twilio 21217)")
+    assert (contacts["1"].status, contacts["1"].disposition) == ("held", "refused (twilio 21215)")
+    assert attempts == {"0": 1, "1": 1, "2": 2}  # only the server error was tried again

@@ -91,6 +91,7 @@ OPT_OUT_RETRY_S = (
 START_TIMEOUT_S = 10.0
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0
 TICK_S = 0.25
+METER_INTERVAL_S = 1.0  # a call's estimates reach the Redis ledger at most this often
 TRANSCRIPT_WAIT_S = 1.5
 # Once the server has ended a call, the caller's last words may still be transcribed for this long
 # before the Realtime session is closed (the session closes within a second of the decision).
@@ -164,6 +165,7 @@ class CallSession:
         self._direction = "inbound"
         self._metered_frames = 0
         self._metered_bytes_out = 0
+        self._charged_at_s = float("-inf")
         self._frames_counted = (0, 0, 0)  # held, replayed, dropped caller frames already in the metrics
         self.phase = "in call"  # then the step of _finish it is in: a drain names the steps calls hang in
         self._transcripts_settled = asyncio.Event()
@@ -677,6 +679,10 @@ class CallSession:
             self.rt.metrics.barge_ins.inc()
         elif command.kind in ("response_usage", "transcription_usage"):
             kind = "response" if command.kind == "response_usage" else "transcription"
+            if kind == "response":
+                # The audio streamed for this response and not charged yet is in its exact cost: it is
+                # never estimated on top of it.
+                self._take_unmetered()
             self._spawn(self._meter_usage(kind, command.detail.get("usage") or {}), "meter")
 
     async def _meter_usage(self, kind: str, usage: dict[str, Any]) -> None:
@@ -690,23 +696,33 @@ class CallSession:
         )
         await self._enforce()
 
-    async def _meter_tick(self) -> None:
-        """Every tick: estimate the audio streamed since, bill telephony minutes, enforce the caps.
-
-        OpenAI sends speech faster than real time, so a long turn is metered as it streams."""
+    def _take_unmetered(self) -> tuple[float, float]:
+        """Seconds of caller and agent audio streamed since last taken."""
         bridge = self.bridge
-        now = datetime.now(UTC)
         seconds_in = (bridge.frames_in - self._metered_frames) * 0.02
         seconds_out = (bridge.agent_bytes_out - self._metered_bytes_out) / 8000
         self._metered_frames, self._metered_bytes_out = bridge.frames_in, bridge.agent_bytes_out
+        return seconds_in, seconds_out
+
+    async def _meter_tick(self) -> None:
+        """Every tick: enforce the caps; at most once a second, charge the estimate of the audio streamed
+        since (and any new telephony minute) to the ledger in Redis.
+
+        OpenAI sends speech faster than real time, so a long turn is metered as it streams. Between two
+        charges the estimate waits here; the caps are checked against the last charge on every tick."""
         if self._server_ended:
             return  # caller audio goes nowhere now; a last usage event is still charged as it arrives
-        try:
-            await self.meter.estimate(seconds_in, seconds_out, now)
-            await self.meter.telephony((self.now_ms() - bridge.started_at_ms) / 1000, now)
-        except (RedisError, OSError) as exc:
-            log.warning("budget.meter_unavailable", error=repr(exc))
-            return
+        now_s = self._loop.time()
+        if now_s - self._charged_at_s >= METER_INTERVAL_S:
+            self._charged_at_s = now_s
+            seconds_in, seconds_out = self._take_unmetered()
+            now = datetime.now(UTC)
+            try:
+                await self.meter.estimate(seconds_in, seconds_out, now)
+                await self.meter.telephony((self.now_ms() - self.bridge.started_at_ms) / 1000, now)
+            except (RedisError, OSError) as exc:
+                log.warning("budget.meter_unavailable", error=repr(exc))
+                return
         await self._enforce()
 
     async def _enforce(self) -> None:

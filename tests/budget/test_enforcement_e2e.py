@@ -25,7 +25,7 @@ from app.dialer.models import Campaign
 from app.dialer.worker import Dialer
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
-from app.main import build_runtime
+from app.main import build_runtime, create_app
 from tests.support import (
     ACCOUNT_SID,
     TWILIO_API,
@@ -37,6 +37,7 @@ from tests.support import (
     post_webhook,
     say_turn,
     serve,
+    serve_asgi,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -226,3 +227,54 @@ async def test_a_calls_spend_is_the_sum_of_its_responses_exact_costs(tmp_path: P
     ]
     assert len(exact) == 4 and all(exact)
     assert total == sum(exact), (total, exact)
+
+
+async def test_a_call_charges_the_redis_ledger_at_most_once_a_second_besides_its_exact_costs(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Estimates are charged at most once a second per call (usage events, which replace them, still at
+    once); what the call spends is still the sum of its exact costs."""
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps(AUDIO_ONLY))
+    config = EmulatorConfig(tts="synthetic", reply_text=lambda _: "Noted. Anything else today?")
+    charges: list[int] = []
+    async with RealtimeEmulator(config) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url, price_table_file=str(prices))
+        app = create_app(settings)
+        async with serve_asgi(app) as base:
+            async with httpx.AsyncClient(base_url=base) as client:  # served once its lifespan has started
+                assert (await client.get("/healthz")).status_code == 200
+            ledger = app.state.runtime.budget.ledger
+            real_charge = ledger.charge
+
+            async def counted(**kwargs: Any) -> Any:
+                charges.append(kwargs["micros"])
+                return await real_charge(**kwargs)
+
+            ledger.charge = counted
+            loop = asyncio.get_running_loop()
+            sid, token = await open_call(base, uuid.uuid4().int % (1 << 90))
+            opened = loop.time()
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                session = await emulator.wait_for_session(0)
+                await agent_turn_played(tw, session, 0)
+                for turn in (1, 2):
+                    await say_turn(tw)
+                    await agent_turn_played(tw, session, turn)
+                await tw.stop()
+                await tw.wait_closed()
+            elapsed = loop.time() - opened
+        total = await BudgetLedger(Redis.from_url(redis_url)).call_total(sid)
+    usage_events = sum(
+        1 for e in session.sent
+        if (e["type"] == "response.done" and e["response"].get("usage"))
+        or (e["type"] == "conversation.item.input_audio_transcription.completed" and e.get("usage"))
+    )  # fmt: skip
+    # one estimate a second at most, the first telephony minute, and each usage event
+    assert len(charges) <= int(elapsed) + 1 + 1 + usage_events, (len(charges), elapsed, usage_events)
+    exact = [
+        e["response"]["usage"]["output_token_details"]["audio_tokens"] * 64
+        for e in session.sent
+        if e["type"] == "response.done" and e["response"].get("usage")
+    ]
+    assert total == sum(exact)

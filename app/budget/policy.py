@@ -52,6 +52,9 @@ class Spend:
     closing_reserve: int = 0
     reserve_left: int | None = None
     overrun: int = 0
+    # The same for a campaign day with a cap: its own pool of the campaign's calls' closing reserves.
+    campaign_reserve_left: int | None = None
+    campaign_overrun: int = 0
 
 
 class Action(StrEnum):
@@ -133,8 +136,15 @@ def check_call(spend: Spend, caps: Caps, *, wrap_up_started_s: float | None, now
     best: tuple[int, Fraction, CapVerdict] | None = None
     for name, spent, limit in limits:
         figures = _figures(spent, limit, name)
-        if name == "per_day":
-            day_verdict = _day_verdict(spend, limit, figures)
+        if name == "per_day" or (name == "per_campaign_day" and spend.campaign_reserve_left is not None):
+            day_verdict = (
+                _day_verdict(spend, limit, figures)
+                if name == "per_day"
+                else _pool_verdict(
+                    name, spend.campaign_day, limit, spend.campaign_reserve_left, spend.closing_reserve,
+                    spend.campaign_overrun, figures,
+                )
+            )  # fmt: skip
             if day_verdict is None:
                 continue
             verdict = day_verdict
@@ -159,17 +169,24 @@ def check_call(spend: Spend, caps: Caps, *, wrap_up_started_s: float | None, now
 
 
 def _day_verdict(spend: Spend, limit: int, figures: str) -> CapVerdict | None:
-    held = spend.reserve_left
+    return _pool_verdict("per_day", spend.day, limit, spend.reserve_left, spend.closing_reserve, spend.overrun, figures)
+
+
+def _pool_verdict(
+    cap: str, spent: int, limit: int, held: int | None, closing_reserve: int, overrun: int, figures: str
+) -> CapVerdict | None:
+    """A pooled cap (the day's, or a campaign day's): wrap up once this call no longer holds its whole
+    closing reserve or the cap is reached; stop at once past the reserve or the cap."""
     if held is None:
-        held = max(0, min(spend.closing_reserve, limit - spend.day))
-    if spend.overrun > 0:
-        reason = f"hard stop: {figures}, {dollars(spend.overrun)} past this call's closing reserve"
-        return CapVerdict(Action.hard_stop, "per_day", spend.day, limit, reason)
-    if spend.day > limit:
-        return CapVerdict(Action.hard_stop, "per_day", spend.day, limit, f"hard stop: {figures}, over the cap")
-    if spend.day >= limit or held < spend.closing_reserve:
+        held = max(0, min(closing_reserve, limit - spent))
+    if overrun > 0:
+        reason = f"hard stop: {figures}, {dollars(overrun)} past this call's closing reserve"
+        return CapVerdict(Action.hard_stop, cap, spent, limit, reason)
+    if spent > limit:
+        return CapVerdict(Action.hard_stop, cap, spent, limit, f"hard stop: {figures}, over the cap")
+    if spent >= limit or held < closing_reserve:
         reason = f"wrap up: {figures}, what is left only covers the closing lines of calls in progress"
-        return CapVerdict(Action.wrap_up, "per_day", spend.day, limit, reason)
+        return CapVerdict(Action.wrap_up, cap, spent, limit, reason)
     return None
 
 
@@ -180,12 +197,13 @@ def admit_call(
     campaign_day_spent: int | None = None,
     day_reserved: int = 0,
     closing_reserve: int = 0,
+    campaign_reserved: int = 0,
 ) -> CapVerdict:
     """May a NEW call start? ``hard_stop`` (refuse) when the day, or the campaign's day, is at or over
-    its cap, counting for the day what the calls in progress hold for their closing lines
-    (``day_reserved``) and the new call's own closing reserve: a call that could not close within the
-    day's cap is not started. ``ok`` otherwise. Without ``campaign_day_spent`` (a call outside any
-    campaign) the campaign-day cap is not consulted."""
+    its cap, counting what the calls in progress hold for their closing lines (``day_reserved``, and
+    ``campaign_reserved`` for the campaign's day) and the new call's own closing reserve: a call that
+    could not close within either cap is not started. ``ok`` otherwise. Without ``campaign_day_spent``
+    (a call outside any campaign) the campaign-day cap is not consulted."""
     refusals: list[tuple[Fraction, CapVerdict]] = []
     limits: list[tuple[str, int, int]] = []
     if caps.per_day is not None:
@@ -202,16 +220,19 @@ def admit_call(
             refusals.append((_ratio(committed, caps.per_day), verdict))
     if caps.per_campaign_day is not None and campaign_day_spent is not None:
         limits.append(("per_campaign_day", campaign_day_spent, caps.per_campaign_day))
-        if campaign_day_spent >= caps.per_campaign_day:
+        committed = campaign_day_spent + campaign_reserved + closing_reserve
+        if committed >= caps.per_campaign_day:
             figures = _figures(campaign_day_spent, caps.per_campaign_day, "per_campaign_day")
+            reason = f"refused: {figures} spent"
+            if campaign_reserved or closing_reserve:
+                reason += (
+                    f", {dollars(campaign_reserved)} held for closing lines of the campaign's calls in progress,"
+                    f" {dollars(closing_reserve)} needed for this call's"
+                )
             verdict = CapVerdict(
-                Action.hard_stop,
-                "per_campaign_day",
-                campaign_day_spent,
-                caps.per_campaign_day,
-                f"refused: {figures} reached",
+                Action.hard_stop, "per_campaign_day", campaign_day_spent, caps.per_campaign_day, reason
             )
-            refusals.append((_ratio(campaign_day_spent, caps.per_campaign_day), verdict))
+            refusals.append((_ratio(committed, caps.per_campaign_day), verdict))
     if refusals:
         return max(refusals, key=lambda item: item[0])[1]
     return _nearest_ok(limits)

@@ -116,14 +116,19 @@ class Budget:
         the calls in progress hold for their closing lines? Nothing is recorded."""
         day = self.today(now)
         caps = await self.caps_for(campaign_id)
-        campaign_spent = await self.ledger.campaign_day_total(campaign_id, day) if campaign_id is not None else None
+        campaign_spent: int | None = None
+        campaign_reserved = 0
+        if campaign_id is not None:
+            campaign_spent, campaign_reserved = await self.ledger.campaign_pool(campaign_id, day)
         spent, reserved = await self.ledger.day_pool(day)
+        pooled = caps.per_day is not None or (campaign_id is not None and caps.per_campaign_day is not None)
         return admit_call(
             spent,
             caps,
             campaign_day_spent=campaign_spent,
             day_reserved=reserved if caps.per_day is not None else 0,
-            closing_reserve=self.closing_reserve(direction=direction) if caps.per_day is not None else 0,
+            closing_reserve=self.closing_reserve(direction=direction) if pooled else 0,
+            campaign_reserved=campaign_reserved if caps.per_campaign_day is not None else 0,
         )
 
     async def admit(
@@ -245,8 +250,9 @@ class CallMeter:
         caps = await self.caps(now_s)
         day = self.budget.today(now)
         if self.reserve_day is not None and self.reserve_day != day:
-            await self.budget.ledger.release(call_sid=self.call_sid, day=self.reserve_day)
-        self.reserve_day = day if caps.per_day is not None else None
+            await self.budget.ledger.release(call_sid=self.call_sid, day=self.reserve_day, campaign_id=self.campaign_id)
+        pooled = caps.per_day is not None or (self.campaign_id is not None and caps.per_campaign_day is not None)
+        self.reserve_day = day if pooled else None
         totals = await self.budget.ledger.charge(
             call_sid=self.call_sid,
             day=day,
@@ -254,6 +260,7 @@ class CallMeter:
             micros=cost.micros,
             day_cap=caps.per_day,
             reserve=self.wanted_reserve(),
+            campaign_cap=caps.per_campaign_day,
         )
         self.last = totals
         self._charged_at = now_s
@@ -295,7 +302,7 @@ class CallMeter:
     async def release(self) -> None:
         """The call is over: its closing reserve goes back to the day's pool."""
         if self.reserve_day is not None:
-            await self.budget.ledger.release(call_sid=self.call_sid, day=self.reserve_day)
+            await self.budget.ledger.release(call_sid=self.call_sid, day=self.reserve_day, campaign_id=self.campaign_id)
             self.reserve_day = None
 
     async def caps(self, now_s: float) -> Caps:
@@ -308,12 +315,15 @@ class CallMeter:
         caps = await self.caps(now_s)
         last = self.last
         wanted = self.wanted_reserve()
+        pooled = last.reserve_left is not None or last.campaign_reserve_left is not None
         spend = Spend(
             call=last.call,
             day=last.day,
             campaign_day=last.campaign_day,
-            closing_reserve=0 if wanted is None or last.reserve_left is None else wanted,
+            closing_reserve=0 if wanted is None or not pooled else wanted,
             reserve_left=last.reserve_left,
             overrun=last.overrun,
+            campaign_reserve_left=last.campaign_reserve_left,
+            campaign_overrun=last.campaign_overrun,
         )
         return check_call(spend, caps, wrap_up_started_s=self.wrap_up_started_s, now_s=now_s)

@@ -12,6 +12,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from app.budget.ledger import BudgetLedger
+from app.budget.policy import Action, Caps, Spend, admit_call, check_call
 
 pytestmark = pytest.mark.asyncio
 DAY = date(2026, 11, 21)
@@ -114,3 +115,54 @@ async def test_the_pool_is_read_as_one_snapshot_of_spend_and_reserves(ledger: Bu
     assert await ledger.day_pool(DAY) == (85_000, 15_000)
     await ledger.release(call_sid="CA1", day=DAY)  # a call that ended hands its reserve back
     assert await ledger.day_pool(DAY) == (85_000, 5_000)
+
+
+async def campaign_charge(
+    ledger: BudgetLedger, sid: str, micros: int, reserve: int | None = 10_000
+) -> tuple[int, int, int, int]:
+    t = await ledger.charge(
+        call_sid=sid, day=DAY, campaign_id=7, micros=micros, reserve=reserve, campaign_cap=CAP
+    )  # no day cap: only the campaign day's pool
+    assert t.reserve_left is None and t.campaign_reserve_left is not None
+    return t.campaign_day, t.campaign_reserved, t.campaign_reserve_left, t.campaign_overrun
+
+
+async def test_a_capped_campaign_day_is_a_pool_of_its_calls_closing_reserves(ledger: BudgetLedger) -> None:
+    assert await campaign_charge(ledger, "CA1", 40_000) == (40_000, 10_000, 10_000, 0)
+    assert await campaign_charge(ledger, "CA2", 40_000) == (80_000, 20_000, 10_000, 0)
+    # 0 free: CA1's next 5,000 come out of its own reserve (it is told to close) ...
+    assert await campaign_charge(ledger, "CA1", 5_000) == (85_000, 15_000, 5_000, 0)
+    # ... and closing on what it holds, past it is its overrun (it is stopped); CA2's reserve is intact.
+    assert await campaign_charge(ledger, "CA1", 6_000, None) == (91_000, 10_000, 0, 1_000)
+    assert await ledger.campaign_pool(7, DAY) == (91_000, 10_000)
+    # Another campaign's calls, and the day, are not in this pool.
+    other = await ledger.charge(call_sid="CA3", day=DAY, campaign_id=8, micros=50_000, campaign_cap=CAP, reserve=10_000)
+    assert (other.campaign_reserve_left, other.campaign_overrun) == (10_000, 0)
+    assert await ledger.day_reserved(DAY) == 0
+    # The call ends: its reserve goes back to its campaign day's pool.
+    await ledger.release(call_sid="CA2", day=DAY, campaign_id=7)
+    assert await ledger.campaign_pool(7, DAY) == (91_000, 0)
+
+
+async def test_a_campaign_call_holds_its_reserve_in_both_pools_when_both_are_capped(ledger: BudgetLedger) -> None:
+    t = await ledger.charge(call_sid="CA1", day=DAY, campaign_id=7, micros=95_000, day_cap=200_000, reserve=10_000,
+                            campaign_cap=CAP)  # fmt: skip
+    assert (t.reserve_left, t.campaign_reserve_left) == (10_000, 5_000)  # the campaign's pool is the tighter
+    assert (t.day_reserved, t.campaign_reserved) == (10_000, 5_000)
+
+
+async def test_the_campaign_pool_wraps_up_stops_and_refuses_like_the_days() -> None:
+    caps = Caps(per_call=None, per_day=None, per_campaign_day=CAP)
+    short = Spend(call=10, day=10, campaign_day=85_000, closing_reserve=10_000, campaign_reserve_left=5_000)
+    assert check_call(short, caps, wrap_up_started_s=None, now_s=0).action is Action.wrap_up
+    whole = Spend(call=10, day=10, campaign_day=85_000, closing_reserve=10_000, campaign_reserve_left=10_000)
+    assert check_call(whole, caps, wrap_up_started_s=None, now_s=0).action is Action.ok
+    over = Spend(call=10, day=10, campaign_day=91_000, campaign_reserve_left=0, campaign_overrun=1_000)
+    verdict = check_call(over, caps, wrap_up_started_s=None, now_s=0)
+    assert (verdict.action, verdict.cap) == (Action.hard_stop, "per_campaign_day")
+    # 80,000 spent and 15,000 held by the campaign's calls: a new one's 10,000 reserve does not fit.
+    refused = admit_call(0, caps, campaign_day_spent=80_000, campaign_reserved=15_000, closing_reserve=10_000)
+    assert (refused.action, refused.cap) == (Action.hard_stop, "per_campaign_day")
+    assert "held for closing lines of the campaign's calls" in refused.reason
+    fits = admit_call(0, caps, campaign_day_spent=80_000, campaign_reserved=5_000, closing_reserve=10_000)
+    assert fits.action is Action.ok

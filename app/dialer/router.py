@@ -12,12 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import delete, func, select
 
 from app.api_fields import MAX_ID, MAX_OFFSET, Text
+from app.archive import review
 from app.archive.models import Call, TranscriptSegment
 from app.auth.keys import Role, require_role
 from app.db import SessionDep
 from app.dialer import service
 from app.dialer.contacts_import import ImportReport, parse_contacts_csv, parse_contacts_json
-from app.dialer.location import normalise
+from app.dialer.location import Location, normalise
 from app.dialer.models import (
     Attempt,
     Campaign,
@@ -29,6 +30,7 @@ from app.dialer.models import (
     NationalDncNumber,
 )
 from app.dialer.policy import Jurisdiction
+from app.dialer.rules import STATE_ZONES
 from app.problems import ProblemError
 
 router = APIRouter(prefix="/api/v1", tags=["dialer"], dependencies=[Depends(require_role(Role.ops))])
@@ -338,6 +340,9 @@ for _action, (_from, _to) in _TRANSITIONS.items():
     )
 
 
+ContactStatus = Literal["pending", "in_progress", "done", "held"]
+
+
 class ContactOut(BaseModel):
     id: int
     phone: str
@@ -353,14 +358,101 @@ class ContactOut(BaseModel):
 
 @router.get("/campaigns/{campaign_id}/contacts", response_model=Page[ContactOut])
 async def list_contacts(
-    campaign_id: CampaignIdPath, session: SessionDep, limit: Limit = 50, offset: Offset = 0
+    campaign_id: CampaignIdPath,
+    session: SessionDep,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    phone: Annotated[Text | None, Query(max_length=40, description="any spelling of one number")] = None,
+    status: Annotated[ContactStatus | None, Query()] = None,
 ) -> Page[ContactOut]:
     await _campaign(session, campaign_id)
-    where = Contact.campaign_id == campaign_id
-    total = await session.scalar(select(func.count()).select_from(Contact).where(where)) or 0
-    rows = await session.scalars(select(Contact).where(where).order_by(Contact.id).limit(limit).offset(offset))
+    where = [Contact.campaign_id == campaign_id]
+    if phone is not None:
+        where.append(Contact.phone == e164(phone))
+    if status is not None:
+        where.append(Contact.status == status)
+    total = await session.scalar(select(func.count()).select_from(Contact).where(*where)) or 0
+    rows = await session.scalars(select(Contact).where(*where).order_by(Contact.id).limit(limit).offset(offset))
     items = [ContactOut.model_validate(c, from_attributes=True) for c in rows]
     return Page[ContactOut](items=items, total=total, limit=limit, offset=offset)
+
+
+class RequeueIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Reason
+
+
+class ReleaseIn(BaseModel):
+    """Why a held contact may be called, and, for a number whose location the dialer could not tell
+    (toll-free, foreign, unknown), the callee's state as the operator's records show it."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: Reason
+    state: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$", description="USPS code, e.g. NY")] | None = None
+
+
+async def _contact(session: SessionDep, campaign_id: int, contact_id: int) -> Contact:
+    await _campaign(session, campaign_id)
+    contact = await session.get(Contact, contact_id)
+    if contact is None or contact.campaign_id != campaign_id:
+        raise ProblemError(404, "Contact not found", f"No contact {contact_id} in campaign {campaign_id}.")
+    return contact
+
+
+async def _requeue(
+    request: Request, session: SessionDep, contact: Contact, action: str, reason: str, **detail: Any
+) -> ContactOut:
+    before = {"status": contact.status, "disposition": contact.disposition}
+    contact.status, contact.disposition, contact.next_attempt_at = "pending", None, utcnow()
+    await session.flush()
+    # Who put the contact back in the queue, and why: in the audit log, next to reads and exports.
+    await review.audit(
+        session, request.state.principal, action, target=f"contact:{contact.id}",
+        detail={"campaign_id": contact.campaign_id, "phone": contact.phone, "reason": reason, "before": before,
+                **detail},
+    )  # fmt: skip
+    return ContactOut.model_validate(contact, from_attributes=True)
+
+
+@router.post("/campaigns/{campaign_id}/contacts/{contact_id}/requeue", response_model=ContactOut)
+async def requeue_contact(
+    campaign_id: CampaignIdPath, contact_id: ContactIdPath, body: RequeueIn, request: Request, session: SessionDep
+) -> ContactOut:
+    """A finished contact goes back in the queue (after a consent was recorded, say). The dialer decides
+    afresh, under every rule, before it is dialed."""
+    contact = await _contact(session, campaign_id, contact_id)
+    if contact.status != "done":
+        raise ProblemError(
+            409, "Not finished", f"Contact {contact_id} is {contact.status}; only a done one is re-queued."
+        )
+    return await _requeue(request, session, contact, "requeue_contact", body.reason)
+
+
+@router.post("/campaigns/{campaign_id}/contacts/{contact_id}/release", response_model=ContactOut)
+async def release_contact(
+    campaign_id: CampaignIdPath, contact_id: ContactIdPath, body: ReleaseIn, request: Request, session: SessionDep
+) -> ContactOut:
+    """A held contact is let into the queue. One held because its location is unknown needs the callee's
+    state: its calling hours are then those of that state's time zones."""
+    contact = await _contact(session, campaign_id, contact_id)
+    if contact.status != "held":
+        raise ProblemError(409, "Not held", f"Contact {contact_id} is {contact.status}; only a held one is released.")
+    location = service.location_from_dict(contact.location, contact.phone)
+    detail: dict[str, Any] = {}
+    if location.kind != "geographic":
+        state = (body.state or "").upper()
+        if state not in STATE_ZONES:
+            raise ProblemError(
+                422, "State needed",
+                f"Where {contact.phone} is cannot be told from the number ({location.kind}): give the callee's state.",
+            )  # fmt: skip
+        contact.location = service.location_to_dict(
+            Location(contact.phone, "geographic", zones=tuple(STATE_ZONES[state]), states=(state,),
+                     notes=(f"located in {state} by an operator: {body.reason}",))
+        )  # fmt: skip
+        contact.state = state
+        detail["state"] = state
+    return await _requeue(request, session, contact, "release_contact", body.reason, **detail)
 
 
 class ReasonOut(BaseModel):

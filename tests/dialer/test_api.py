@@ -7,8 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select, text
 
+from app.archive.models import AuditEntry
 from app.auth.keys import Role
+from app.db import make_engine, make_sessionmaker
 from tests.support import key_for, make_settings, serve
 
 pytestmark = pytest.mark.asyncio
@@ -132,6 +135,65 @@ async def test_campaign_fields_it_will_not_apply_or_cannot_store_are_refused_wit
     assert "cannot be null" in answers["null name"].text and "Extra inputs" in answers["unknown field"].text
     assert (unchanged["name"], unchanged["purpose"]) == (CAMPAIGN["name"], CAMPAIGN["purpose"])
     assert cleared.status_code == 200 and cleared.json()["window_start"] is None
+
+
+async def test_ops_requeue_a_finished_contact_and_release_a_held_one_with_who_and_why(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    cid = await make_campaign(api, purpose="marketing")
+    csv_file = b"phone,state\n(212) 555-0123,NY\n+1 800 555 0123,\n"  # no consent; a toll-free number
+    await api.post(f"/api/v1/campaigns/{cid}/contacts/csv", files={"file": ("c.csv", csv_file, "text/csv")})
+    base = f"/api/v1/campaigns/{cid}/contacts"
+    held = (await api.get(base, params={"status": "held"})).json()["items"]
+    found = (await api.get(base, params={"phone": "212-555-0123"})).json()["items"]
+    assert [c["phone"] for c in held] == ["+18005550123"] and [c["phone"] for c in found] == ["+12125550123"]
+    ada = found[0]
+    # Marketing without consent: the dialer ends the contact (done, consent.required) ...
+    decision = (await api.get(f"{base}/{ada['id']}/decision", params={"at": "2026-07-01T16:00:00Z"})).json()
+    assert decision["outcome"] != "allow"
+    # ... a consent is recorded later, and ops put the contact back in the queue.
+    early = await api.post(f"{base}/{ada['id']}/requeue", json={"reason": "written consent received"})
+    assert early.status_code == 409  # still pending: nothing to re-queue
+    await api.post("/api/v1/consents", json={"phone": "+12125550123", "kind": "written", "source": "web form"})
+    engine = make_engine(make_settings(tmp_path, realtime_url="x").effective_database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE contacts SET status = 'done', disposition = 'consent.required' WHERE id = :id"),
+                {"id": ada["id"]},
+            )
+    finally:
+        await engine.dispose()
+    requeued = await api.post(f"{base}/{ada['id']}/requeue", json={"reason": "written consent received"})
+    assert requeued.status_code == 200 and requeued.json()["status"] == "pending"
+    assert requeued.json()["disposition"] is None
+    # A held toll-free number needs the callee's state to be released; then it is located there.
+    toll_free = held[0]
+    no_state = await api.post(f"{base}/{toll_free['id']}/release", json={"reason": "customer file says Texas"})
+    assert no_state.status_code == 422 and "give the callee's state" in no_state.text
+    released = await api.post(f"{base}/{toll_free['id']}/release",
+                              json={"reason": "customer file says Texas", "state": "TX"})  # fmt: skip
+    assert released.status_code == 200 and released.json()["status"] == "pending"
+    assert "America/Chicago" in released.json()["location"]["zones"]
+    again = await api.post(f"{base}/{toll_free['id']}/release", json={"reason": "again"})
+    assert again.status_code == 409
+    assert (await api.get(base, params={"status": "sideways"})).status_code == 422
+    entries = await audit_entries(tmp_path)
+    actions = [(e.action, e.target, e.detail.get("reason")) for e in entries if e.action.endswith("_contact")]
+    assert actions == [
+        ("requeue_contact", f"contact:{ada['id']}", "written consent received"),
+        ("release_contact", f"contact:{toll_free['id']}", "customer file says Texas"),
+    ]
+    assert all(e.key_id and e.role == "ops" for e in entries if e.action.endswith("_contact"))
+
+
+async def audit_entries(tmp_path: Path) -> list[AuditEntry]:
+    engine = make_engine(make_settings(tmp_path, realtime_url="x").effective_database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            return list(await session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+    finally:
+        await engine.dispose()
 
 
 async def test_explain_says_why_and_an_api_revocation_blocks_every_campaign(api: httpx.AsyncClient) -> None:

@@ -264,6 +264,9 @@ class _Validator:
 
     def row(self, line: int, values: Mapping[str, str]) -> ContactRow:
         """``values``: field -> stripped string ('' when absent). Raises _Reject."""
+        for field, value in values.items():
+            if "\x00" in value:  # no database keeps it as text; the row is reported, the others imported
+                raise _Reject(field, "cell.nul", f"the {field} holds a NUL character")
         get = values.get
         phone = _phone(get("phone", ""))
         contact = ContactRow(

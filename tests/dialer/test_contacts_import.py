@@ -458,3 +458,12 @@ def test_every_row_accepted_or_exactly_one_error(rows: list[tuple[str, ...]], bo
     assert [(e.line, e.code) for e in from_json.errors if e.line in counted] == [
         (e.line, e.code) for e in report.errors
     ]
+
+
+def test_a_nul_character_in_a_cell_rejects_that_row_only() -> None:
+    data = b"phone,name\n+12125550123,Ada\n+12125550124,Bo\x00b\n+12125550125,Cy\n"
+    report = parse_contacts_csv(data, now=NOW)
+    assert [r.phone for r in report.rows] == ["+12125550123", "+12125550125"]
+    assert [(e.line, e.field, e.code) for e in report.errors] == [(2, "name", "cell.nul")]
+    json_report = parse_contacts_json([{"phone": "+12125550123", "name": "x\x00"}, {"phone": "+12125550124"}], now=NOW)
+    assert [(e.line, e.code) for e in json_report.errors] == [(1, "cell.nul")] and len(json_report.rows) == 1

@@ -45,6 +45,7 @@ from app.core.bridge import (
     HardStop,
     OptOut,
     RecordCallEvent,
+    RestartUpstream,
     RunTool,
     SaveTranscript,
     SendToRealtime,
@@ -56,7 +57,13 @@ from app.core.bridge import (
     UpstreamReady,
     WrapUp,
 )
-from app.core.realtime_events import RealtimeError, RealtimeEventError, parse_server_event
+from app.core.realtime_events import (
+    RealtimeError,
+    RealtimeEventError,
+    SessionCreated,
+    SessionUpdated,
+    parse_server_event,
+)
 from app.core.stream_token import RESUME, StreamTokenError, verify_stream_token
 from app.core.twilio_media import (
     StreamConnected,
@@ -99,6 +106,8 @@ ENDED_TRANSCRIPT_WAIT_S = 0.75
 PUMP_STOP_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 5.0
 BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0)
+CONFIG_ATTEMPTS = 3  # sessions in a row refusing our session.update before the call is handed off
+ROLLOVER_MARGIN_S = 5 * 60.0  # roll over this long before the session's expires_at
 
 
 DIRECTIONS = ("inbound", "outbound")
@@ -158,6 +167,9 @@ class CallSession:
         self._ending = False
         self._server_ended = False  # we decided the call is over: no caller audio upstream, no new session
         self._rolling_over = False
+        self._restarting = False  # we closed a session that refused (or never confirmed) its configuration
+        self._config_failures = 0  # sessions in a row that did so
+        self._upstream_expires_at: float | None = None  # loop time the session's expires_at falls at
         self._close_reason = "call ended"
         self._close_code = CLOSE_NORMAL
         self._upstream_opened_at = 0.0
@@ -469,6 +481,7 @@ class CallSession:
                 return
             self.upstream = upstream
             self._upstream_opened_at = self._loop.time()
+            self._upstream_expires_at = None
             await self._execute(bridge.handle(UpstreamReady(), self.now_ms()))
             self._count_held_frames()
             if lost_at is not None:
@@ -484,6 +497,13 @@ class CallSession:
                 return
             lost_at = self._loop.time()
             rt.metrics.upstream_reconnects.labels(reason.split(" ")[0]).inc()
+            if reason == "session_config_failed":
+                self._config_failures += 1
+                if self._config_failures >= CONFIG_ATTEMPTS:
+                    # Our configuration itself is refused: no new session will take it either.
+                    await self._execute(bridge.handle(UpstreamLost(reason), self.now_ms()))
+                    await self._upstream_failed(f"session configuration refused {CONFIG_ATTEMPTS} times")
+                    return
             log.info("call.upstream_lost", reason=reason)
             await self._execute(bridge.handle(UpstreamLost(reason), self.now_ms()))
 
@@ -514,6 +534,9 @@ class CallSession:
                 if self._rolling_over:
                     self._rolling_over = False
                     return "rollover"
+                if self._restarting:
+                    self._restarting = False
+                    return "session_config_failed"
                 code = exc.rcvd.code if exc.rcvd is not None else 1006
                 return "session_expired" if expired else f"closed {code}"
             except OSError as exc:
@@ -523,8 +546,13 @@ class CallSession:
             except RealtimeEventError as exc:
                 self._event("upstream_bad_event", {"error": str(exc)})
                 continue
-            if type(ev) is RealtimeError and ev.code == "session_expired":
+            kind = type(ev)
+            if kind is RealtimeError and ev.code == "session_expired":  # type: ignore[union-attr]
                 expired = True
+            elif kind is SessionCreated and ev.expires_at:  # type: ignore[union-attr]
+                self._upstream_expires_at = self._loop.time() + (ev.expires_at - time.time())  # type: ignore[union-attr]
+            elif kind is SessionUpdated:
+                self._config_failures = 0
             commands = handle(ev, now_ms())
             if commands:
                 await execute(commands)
@@ -543,13 +571,24 @@ class CallSession:
         # /twilio/resume apologises, then dials the human or hangs up.
         self._close_reason = "realtime unavailable"
 
+    def _restart_upstream(self, reason: str) -> None:
+        upstream = self.upstream
+        if upstream is None or self._restarting or self._server_ended:
+            return
+        self._restarting = True
+        log.warning("call.upstream_restart", reason=reason)
+        self._spawn(upstream.close(), "restart")
+
     def _maybe_roll_over(self) -> None:
-        """Replace the Realtime session before its 60-minute limit, at a quiet moment."""
+        """Replace the Realtime session before it expires (its own expires_at, less a margin, or our
+        age limit, whichever comes first), at a quiet moment."""
         upstream = self.upstream
         if upstream is None or self._rolling_over:
             return
-        age = self._loop.time() - self._upstream_opened_at
-        if age >= self.rt.settings.realtime_session_max_s and self.bridge.quiet:
+        now = self._loop.time()
+        age = now - self._upstream_opened_at
+        expiring = self._upstream_expires_at is not None and self._upstream_expires_at - now <= ROLLOVER_MARGIN_S
+        if (age >= self.rt.settings.realtime_session_max_s or expiring) and self.bridge.quiet:
             self._rolling_over = True
             self._event("upstream_rollover", {"age_s": round(age)})
             self._spawn(upstream.close(), "rollover")
@@ -667,6 +706,8 @@ class CallSession:
                 self._on_call_event(command)  # type: ignore[arg-type]
             elif kind is RunTool:
                 self._spawn(self._run_tool(command), "tool")  # type: ignore[arg-type]
+            elif kind is RestartUpstream:
+                self._restart_upstream(command.reason)  # type: ignore[union-attr]
             elif kind is HangUp or kind is TransferCall:
                 self._server_ends()
                 self._spawn(self._end_call(command), "end-call")  # type: ignore[arg-type]

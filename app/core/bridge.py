@@ -118,6 +118,14 @@ class HangUp:
 
 
 @dataclass(slots=True)
+class RestartUpstream:
+    """The Realtime session is unusable (it refused our configuration, or never confirmed it): close it
+    and open a new one, as after any loss of the session."""
+
+    reason: str
+
+
+@dataclass(slots=True)
 class TransferCall:
     number: str
     reason: str
@@ -144,7 +152,17 @@ class RecordCallEvent:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-Command = SendToTwilio | SendToRealtime | RunTool | HangUp | TransferCall | OptOut | SaveTranscript | RecordCallEvent
+Command = (
+    SendToTwilio
+    | SendToRealtime
+    | RunTool
+    | HangUp
+    | TransferCall
+    | OptOut
+    | SaveTranscript
+    | RecordCallEvent
+    | RestartUpstream
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +181,7 @@ class BridgeConfig:
     replay_frames: int = 25  # caller audio re-sent after an upstream loss: the old socket may have eaten it
     history_items: int = 40  # restored as conversation items; older turns are summarised in instructions
     summary_chars: int = 4000
+    session_confirm_ms: int = 2000  # a session that has not confirmed our session.update by then is replaced
     end_action_grace_ms: int = 15_000  # hang up/transfer even if Twilio never echoes the last mark
     handoff_instructions: str = HANDOFF_INSTRUCTIONS
     resample_quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY
@@ -231,6 +250,9 @@ class CallBridge:
         self._agent_audio = AgentAudioPath(config.audio_format, config.resample_quality)
         self.playback = PlaybackTracker()
         self.upstream_ready = False
+        # (event_id, sent at ms) of the session.update awaiting its session.updated; audio waits meanwhile
+        self._configuring: tuple[str, int] | None = None
+        self._session_seq = 0
         self._held_audio: deque[bytes] = deque(maxlen=config.max_buffered_frames)
         self._recent_audio: deque[bytes] = deque(maxlen=config.replay_frames)
         self.frames_in = 0
@@ -282,7 +304,8 @@ class CallBridge:
             rt.InputTranscribed: self._on_input_transcribed,
             rt.FunctionCallReady: self._on_function_call,
             rt.RealtimeError: self._on_error,
-            rt.SessionUpdated: self._ignore,
+            rt.SessionUpdated: self._on_session_updated,
+            rt.SessionCreated: self._ignore,
             rt.OtherServerEvent: self._ignore,
             StreamStarted: self._on_start,
             StreamConnected: self._ignore,
@@ -368,15 +391,35 @@ class CallBridge:
     # -- Realtime side --------------------------------------------------------------------
 
     def _on_upstream_ready(self, ev: UpstreamReady, now_ms: int) -> list[Command]:
-        """A (new) session: configure it, restore the conversation, greet once, replay held audio."""
-        self.upstream_ready = True
-        recent = self.history[-self.config.history_items :]
-        older = self.history[: len(self.history) - len(recent)]
+        """A (new) session: configure it. Nothing else is sent until the session confirms the whole
+        configuration (one bad field rejects all of it, and the session would then run on its defaults:
+        no tools, no transcription, 24 kHz PCM)."""
+        self.upstream_ready = False
+        self._session_seq += 1
+        event_id = f"sb_session_{self._session_seq}"
+        self._configuring = (event_id, now_ms)
         session = self.config.session
+        older = self.history[: max(0, len(self.history) - self.config.history_items)]
         if older:
             summary = _summary(older, self.config.summary_chars)
             session = dataclasses.replace(session, instructions=f"{session.instructions}\n\n{summary}")
-        out: list[Command] = [SendToRealtime(rt.session_update(session))]
+        return [SendToRealtime(rt.session_update(session, event_id=event_id))]
+
+    def _on_session_updated(self, ev: rt.SessionUpdated, now_ms: int) -> list[Command]:
+        if self._configuring is None:
+            return []
+        self._configuring = None
+        return self._session_configured(now_ms)
+
+    def _configuration_failed(self, reason: str) -> list[Command]:
+        self._configuring = None
+        return [RecordCallEvent("session_config_failed", {"reason": reason}), RestartUpstream(reason)]
+
+    def _session_configured(self, now_ms: int) -> list[Command]:
+        """The session runs our configuration: restore the conversation, greet once, replay held audio."""
+        self.upstream_ready = True
+        recent = self.history[-self.config.history_items :]
+        out: list[Command] = []
         for line in recent:
             out.append(SendToRealtime(rt.history_item("user" if line.speaker == "caller" else "assistant", line.text)))
         if not self.greeted:
@@ -394,6 +437,7 @@ class CallBridge:
         """Forget the dead session's state; hold caller audio (and re-send the last moments) until the next."""
         out: list[Command] = [RecordCallEvent("upstream_lost", {"reason": ev.reason})]
         self.upstream_ready = False
+        self._configuring = None
         self._held_audio.extendleft(reversed(self._recent_audio))
         self._recent_audio.clear()
         self._server_response = None
@@ -703,6 +747,8 @@ class CallBridge:
 
     def _on_error(self, ev: rt.RealtimeError, now_ms: int) -> list[Command]:
         out: list[Command] = [RecordCallEvent("upstream_error", {"code": ev.code, "message": ev.message})]
+        if self._configuring is not None and ev.event_id == self._configuring[0]:
+            return out + self._configuration_failed(f"session.update refused: {ev.code or ev.message}"[:200])
         if ev.event_id is not None and ev.event_id in self._sent_creates:
             instructions = self._sent_creates.pop(ev.event_id)
             if self._create_inflight == ev.event_id:
@@ -781,5 +827,7 @@ class CallBridge:
 
     def _on_tick(self, ev: Tick, now_ms: int) -> list[Command]:
         out: list[Command] = []
+        if self._configuring is not None and now_ms - self._configuring[1] >= self.config.session_confirm_ms:
+            out += self._configuration_failed(f"no session.updated within {self.config.session_confirm_ms} ms")
         self._maybe_end(now_ms, out)
         return out

@@ -16,6 +16,8 @@ import orjson
 
 from app.core.audio import AudioFormat
 
+IDLE_TIMEOUT_MIN_MS, IDLE_TIMEOUT_MAX_MS = 5_000, 30_000
+
 
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
@@ -29,16 +31,23 @@ class SessionSettings:
     vad_threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
-    idle_timeout_ms: int | None = None
+    idle_timeout_ms: int | None = None  # the API takes 5000-30000, or none
     transcription_model: str = "gpt-4o-transcribe"
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout_ms is not None and not IDLE_TIMEOUT_MIN_MS <= self.idle_timeout_ms <= IDLE_TIMEOUT_MAX_MS:
+            raise ValueError(
+                f"idle_timeout_ms must be {IDLE_TIMEOUT_MIN_MS}-{IDLE_TIMEOUT_MAX_MS} or None, not {self.idle_timeout_ms}"
+            )
 
 
 def _format(audio_format: AudioFormat) -> dict[str, Any]:
     return {"type": "audio/pcm", "rate": 24000} if audio_format == "pcm24k" else {"type": "audio/pcmu"}
 
 
-def session_update(s: SessionSettings) -> bytes:
-    """GA session.update with every turn_detection field given explicitly."""
+def session_update(s: SessionSettings, *, event_id: str | None = None) -> bytes:
+    """GA session.update with every turn_detection field given explicitly, and our ``event_id`` so that
+    an error about it (one bad field rejects all of it) can be matched back."""
     turn_detection: dict[str, Any] = {
         "type": "server_vad",
         "threshold": s.vad_threshold,
@@ -67,7 +76,10 @@ def session_update(s: SessionSettings) -> bytes:
         "tools": list(s.tools),
         "tool_choice": "auto",
     }
-    return orjson.dumps({"type": "session.update", "session": session})
+    event: dict[str, Any] = {"type": "session.update", "session": session}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return orjson.dumps(event)
 
 
 _APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
@@ -129,6 +141,11 @@ def user_text(text: str) -> bytes:
 
 
 # --- server events the bridge acts on ------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SessionCreated:
+    expires_at: int | None  # unix seconds: the session ends then (60 minutes today)
 
 
 @dataclass(slots=True)
@@ -217,7 +234,8 @@ class OtherServerEvent:
 
 
 RealtimeEvent = (
-    SessionUpdated
+    SessionCreated
+    | SessionUpdated
     | AudioDelta
     | AudioDone
     | TranscriptDelta
@@ -270,6 +288,9 @@ def parse_server_event(raw: bytes | str) -> RealtimeEvent:
             return FunctionCallReady(ev["response_id"], ev["call_id"], ev["name"], ev.get("arguments", "{}"))
         if t == "session.updated":
             return SessionUpdated(ev.get("session") or {})
+        if t == "session.created":
+            expires = (ev.get("session") or {}).get("expires_at")
+            return SessionCreated(expires if type(expires) is int else None)
         if t == "error":
             err = ev.get("error") or {}
             return RealtimeError(

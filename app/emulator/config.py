@@ -27,6 +27,11 @@ class Faults:
     """Send error ``session_expired`` then close with 1001 (the 60-minute limit, shortened)."""
     response_delay_s: float = 0.0
     """Latency between response.created and the first output event of every response."""
+    refuse_session_updates: int = 0
+    """The next N session.update events (any session) are refused with an error naming their event_id,
+    as the real service refuses a whole update for one field it does not take."""
+    unconfirmed_session_updates: int = 0
+    """The next N session.update events get neither session.updated nor an error."""
     _listeners: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -191,10 +191,10 @@ def validate_turn_detection(td: Any, param: str) -> dict[str, Any] | None:
                 )
         if out["idle_timeout_ms"] is not None:
             _expect(out["idle_timeout_ms"], int, f"{param}.idle_timeout_ms", "an integer")
-            if out["idle_timeout_ms"] <= 0:
+            if not 5000 <= out["idle_timeout_ms"] <= 30000:  # the API's range
                 raise RequestError(
-                    "integer_below_min_value",
-                    f"Invalid '{param}.idle_timeout_ms': must be > 0.",
+                    "integer_below_min_value" if out["idle_timeout_ms"] < 5000 else "integer_above_max_value",
+                    f"Invalid '{param}.idle_timeout_ms': must be between 5000 and 30000.",
                     f"{param}.idle_timeout_ms",
                 )
     elif out["eagerness"] not in SEMANTIC_SILENCE_MS:

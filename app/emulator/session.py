@@ -401,6 +401,17 @@ class EmulatedSession:
             )
 
     async def _on_session_update(self, event: dict[str, Any]) -> None:
+        faults = self._config.faults
+        if faults.refuse_session_updates > 0:
+            faults.refuse_session_updates -= 1
+            raise RequestError(
+                "unknown_parameter",
+                "Unknown parameter: 'session.audio.input.noise_reduction.level'.",
+                "session.audio.input.noise_reduction.level",
+            )
+        if faults.unconfirmed_session_updates > 0:
+            faults.unconfirmed_session_updates -= 1
+            return
         before = self._input_format
         self.session_config = apply_session_update(self.session_config, event)
         if self._input_format != before:

@@ -174,6 +174,7 @@ async def test_a_start_with_an_unusable_media_format_is_refused_with_a_reason_an
             await refused.wait_closed()
         async with TwilioStream.open(base, call_sid=sid, token=token) as tw:
             session = await emulator.wait_for_session(0)
+            await tw.wait_for(lambda m: m["event"] == "media")  # the greeting: the session is configured
             await tw.send({"event": "start", "start": {"streamSid": tw.stream_sid, "callSid": sid,
                                                        "mediaFormat": "x"}})  # fmt: skip
             for frame in tone_frames(600, 0.2):

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import orjson
+import pytest
 
 from app.core import realtime_events as rt
 from app.core.bridge import (
@@ -16,6 +17,7 @@ from app.core.bridge import (
     HardStop,
     OptOut,
     RecordCallEvent,
+    RestartUpstream,
     RunTool,
     SaveTranscript,
     SendToRealtime,
@@ -61,8 +63,14 @@ def of(cmds: list[Command], kind: type) -> list[Any]:
     return [c for c in cmds if isinstance(c, kind)]
 
 
+def ready(bridge: CallBridge, now: int) -> list[Command]:
+    """A (new) session opens and confirms our session.update: what the bridge sends, in order."""
+    configure = bridge.handle(UpstreamReady(), now)
+    return configure + bridge.handle(rt.SessionUpdated({}), now)
+
+
 def start_session(bridge: CallBridge) -> list[Command]:
-    cmds = bridge.handle(UpstreamReady(), 0)
+    cmds = ready(bridge, 0)
     bridge.handle(rt.ResponseCreated("resp_greet"), 1)
     return cmds
 
@@ -73,7 +81,7 @@ def deliver_audio(bridge: CallBridge, response_id: str, item_id: str, n_bytes: i
 
 def test_session_update_precedes_the_greeting_that_names_the_business() -> None:
     bridge = make_bridge()
-    sent = realtime(bridge.handle(UpstreamReady(), 0))
+    sent = realtime(ready(bridge, 0))
     assert [e["type"] for e in sent] == ["session.update", "response.create"]
     session = sent[0]["session"]
     assert session["type"] == "realtime"
@@ -95,7 +103,7 @@ def test_caller_audio_before_upstream_is_held_and_replayed_in_order() -> None:
     frames = [bytes([i]) * 160 for i in range(3)]
     for i, f in enumerate(frames):
         assert bridge.handle(MediaReceived(f), i * 20) == []
-    sent = realtime(bridge.handle(UpstreamReady(), 60))
+    sent = realtime(ready(bridge, 60))
     appends = [e for e in sent if e["type"] == "input_audio_buffer.append"]
     assert [base64.b64decode(e["audio"]) for e in appends] == frames
 
@@ -105,7 +113,7 @@ def test_held_audio_past_the_bound_drops_the_oldest_frames_and_counts_them() -> 
     frames = [bytes([i]) * 160 for i in range(5)]
     for i, f in enumerate(frames):
         bridge.handle(MediaReceived(f), i * 20)
-    cmds = bridge.handle(UpstreamReady(), 100)
+    cmds = ready(bridge, 100)
     appends = [e for e in realtime(cmds) if e["type"] == "input_audio_buffer.append"]
     assert [base64.b64decode(e["audio"]) for e in appends] == frames[2:]  # the newest 3
     assert (bridge.frames_held, bridge.frames_replayed, bridge.frames_dropped) == (5, 3, 2)
@@ -207,7 +215,7 @@ def test_the_agent_does_not_hang_up_on_a_caller_who_interrupts_its_goodbye() -> 
 
 def test_a_failed_response_create_lets_the_queued_one_go() -> None:
     bridge = make_bridge()
-    bridge.handle(UpstreamReady(), 0)  # greeting in flight as sb_resp_1
+    ready(bridge, 0)  # greeting in flight as sb_resp_1
     bridge.handle(DtmfReceived("1"), 5)  # queued behind it
     cmds = bridge.handle(rt.RealtimeError("server_error", "oops", "server_error", "sb_resp_1"), 6)
     assert [e["type"] for e in realtime(cmds)] == ["response.create"]
@@ -255,7 +263,7 @@ def test_response_create_waits_for_the_previous_response_done() -> None:
 
 def test_a_rejected_response_create_is_retried_after_the_active_response() -> None:
     bridge = make_bridge()
-    bridge.handle(UpstreamReady(), 0)  # greeting response.create in flight (event id sb_resp_1)
+    ready(bridge, 0)  # greeting response.create in flight (event id sb_resp_1)
     cmds = bridge.handle(
         rt.RealtimeError("conversation_already_has_active_response", "busy", "invalid_request_error", "sb_resp_1"), 5
     )
@@ -485,7 +493,7 @@ def test_after_a_loss_a_question_already_transcribed_is_answered_by_the_new_sess
     bridge.handle(rt.SpeechStarted(0, "u1"), 20)
     bridge.handle(rt.InputTranscribed("u1", "Is Tuesday free?"), 30)
     bridge.handle(UpstreamLost("closed 1006"), 40)
-    sent = [e["type"] for e in realtime(bridge.handle(UpstreamReady(), 50))]
+    sent = [e["type"] for e in realtime(ready(bridge, 50))]
     assert "response.create" in sent and sent.index("response.create") < sent.index("input_audio_buffer.append")
 
 
@@ -503,3 +511,43 @@ def test_turn_latency_runs_from_the_caller_stopping_to_the_answers_first_audio_o
     later = of(deliver_audio(bridge, "resp_2", "item_a", 4800, 2_300), RecordCallEvent)
     assert [(e.kind, e.detail["ms"]) for e in first if e.kind == "turn_latency"] == [("turn_latency", 350)]
     assert [e for e in later if e.kind == "turn_latency"] == []
+
+
+def test_nothing_but_the_configuration_is_sent_until_the_session_confirms_it() -> None:
+    bridge = make_bridge()
+    configure = realtime(bridge.handle(UpstreamReady(), 0))
+    assert [e["type"] for e in configure] == ["session.update"] and configure[0]["event_id"] == "sb_session_1"
+    # caller audio meanwhile is held, not sent to a session that may still be on its defaults
+    assert bridge.handle(MediaReceived(b"\xff" * 160), 10) == [] and bridge.frames_held == 1
+    confirmed = realtime(bridge.handle(rt.SessionUpdated({}), 20))
+    assert [e["type"] for e in confirmed] == ["response.create", "input_audio_buffer.append"]  # greeting, held audio
+
+
+def test_a_refused_configuration_replaces_the_session() -> None:
+    bridge = make_bridge()
+    bridge.handle(UpstreamReady(), 0)
+    other = bridge.handle(rt.RealtimeError("invalid_value", "bad", "invalid_request_error", "sb_resp_9"), 5)
+    assert of(other, RestartUpstream) == []  # an error about another event is not about the configuration
+    refused = bridge.handle(rt.RealtimeError("unknown_parameter", "Unknown parameter: 'session.x'.",
+                                             "invalid_request_error", "sb_session_1"), 10)  # fmt: skip
+    assert [r.reason for r in of(refused, RestartUpstream)] == ["session.update refused: unknown_parameter"]
+    assert not bridge.upstream_ready
+    # the next session is configured afresh, with a new event id
+    assert realtime(bridge.handle(UpstreamReady(), 50))[0]["event_id"] == "sb_session_2"
+
+
+def test_a_session_that_never_confirms_its_configuration_is_replaced_after_two_seconds() -> None:
+    bridge = make_bridge()
+    bridge.handle(UpstreamReady(), 1000)
+    assert of(bridge.handle(Tick(), 2999), RestartUpstream) == []
+    assert len(of(bridge.handle(Tick(), 3000), RestartUpstream)) == 1
+    assert of(bridge.handle(Tick(), 3250), RestartUpstream) == []  # asked once
+
+
+def test_idle_timeout_is_held_to_the_range_the_api_takes() -> None:
+    base = {"model": "gpt-realtime", "instructions": "x", "voice": "marin", "audio_format": "pcmu"}
+    for ms in (5_000, 30_000, None):
+        rt.SessionSettings(**base, idle_timeout_ms=ms)  # type: ignore[arg-type]
+    for ms in (4_999, 30_001, 200):
+        with pytest.raises(ValueError, match="5000-30000"):
+            rt.SessionSettings(**base, idle_timeout_ms=ms)  # type: ignore[arg-type]

@@ -482,14 +482,26 @@ async def test_without_create_response_or_interrupt_the_vad_only_reports_turns()
 async def test_idle_timeout_prompts_the_caller_after_the_reply_has_played() -> None:
     config = fast_config(reply_text=lambda _: "Ok.", idle_prompt_text="Are you still there?")
     async with RealtimeEmulator(config) as emu, connect(emu) as client:
-        vad = {**FULL_SERVER_VAD, "idle_timeout_ms": 200}
+        vad = {**FULL_SERVER_VAD, "idle_timeout_ms": 5000}  # the least the API takes
         await client.session_update({"audio": {"input": {"turn_detection": vad}}})
         await client.send({"type": "response.create"})
         await client.recv_until("response.done")
-        events = await client.recv_until("response.done")
+        events = await client.recv_until("response.done", timeout=15)
         types = [e["type"] for e in events]
         assert types[0] == "input_audio_buffer.timeout_triggered"
         assert types.index("input_audio_buffer.committed") < types.index("response.created")
         spoken = next(e for e in events if e["type"] == "response.output_audio_transcript.done")["transcript"]
         assert spoken == "Are you still there?"
         assert len(emu.sessions[0].responses) == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("idle_ms", "code"), [(200, "integer_below_min_value"), (30_001, "integer_above_max_value")])
+async def test_an_idle_timeout_outside_the_apis_range_refuses_the_whole_update(idle_ms: int, code: str) -> None:
+    async with RealtimeEmulator(fast_config()) as emu, connect(emu) as client:
+        await client.send({"type": "session.update", "event_id": "evt_cfg",
+                           "session": {"type": "realtime", "audio": {"input": {"turn_detection":
+                                       {**FULL_SERVER_VAD, "idle_timeout_ms": idle_ms}}}}})  # fmt: skip
+        error = (await client.recv_until("error"))[-1]["error"]
+        assert (error["code"], error["event_id"]) == (code, "evt_cfg")
+        assert emu.sessions[0].session_config["audio"]["input"]["turn_detection"]["idle_timeout_ms"] is None

@@ -269,6 +269,9 @@ class CallBridge:
         self._queued_creates: deque[str | None] = deque()
         self._muted_responses: set[str] = set()
         self._function_calls: dict[str, list[rt.FunctionCallReady]] = {}
+        # What the current session knows: a lost session's items and tool call ids mean nothing to the next.
+        self._session_items: set[str] = set()
+        self._session_calls: set[str] = set()
 
         # agent audio and transcript
         self._items: dict[str, _AgentItem] = {}
@@ -438,6 +441,8 @@ class CallBridge:
         out: list[Command] = [RecordCallEvent("upstream_lost", {"reason": ev.reason})]
         self.upstream_ready = False
         self._configuring = None
+        self._session_items.clear()
+        self._session_calls.clear()
         self._held_audio.extendleft(reversed(self._recent_audio))
         self._recent_audio.clear()
         self._server_response = None
@@ -536,6 +541,7 @@ class CallBridge:
             if item_id in self._finished_items:
                 return None
             item = self._items[item_id] = _AgentItem(item_id, response_id, self._offset(now_ms))
+            self._session_items.add(item_id)
         return item
 
     def _on_transcript_delta(self, ev: rt.TranscriptDelta, now_ms: int) -> list[Command]:
@@ -624,7 +630,8 @@ class CallBridge:
             item = self._items.get(item_id)
             sent_upstream = upstream_ms(self.config.audio_format, item.upstream_bytes) if item else 0.0
             audio_end_ms = int(min(heard_ms, sent_upstream))
-            out.append(SendToRealtime(rt.item_truncate(item_id, audio_end_ms)))
+            if item_id in self._session_items:  # a lost session's item is not the new session's to cut
+                out.append(SendToRealtime(rt.item_truncate(item_id, audio_end_ms)))
             out.append(RecordCallEvent("barge_in", {"item_id": item_id, "audio_end_ms": audio_end_ms}))
             if item is not None:
                 self._muted_responses.add(item.response_id)
@@ -696,6 +703,7 @@ class CallBridge:
     def _on_function_call(self, ev: rt.FunctionCallReady, now_ms: int) -> list[Command]:
         # Run only once the response is known to have completed (it may yet be cancelled).
         self._function_calls.setdefault(ev.response_id, []).append(ev)
+        self._session_calls.add(ev.call_id)
         return []
 
     def _start_tool(self, call: rt.FunctionCallReady, now_ms: int, out: list[Command]) -> None:
@@ -735,7 +743,13 @@ class CallBridge:
             self._tool_result(call.call_id, call.name, '{"error":"unknown tool"}', False, out)
 
     def _tool_result(self, call_id: str, name: str, output: str, ok: bool, out: list[Command]) -> None:
-        out.append(SendToRealtime(rt.function_call_output(call_id, output)))
+        if call_id in self._session_calls:
+            out.append(SendToRealtime(rt.function_call_output(call_id, output)))
+        else:
+            # The session that asked for it was lost: the new one never saw the call id, so the result
+            # reaches it as context.
+            note = f"[The {name} tool, asked for before a reconnection, finished: {output[:2000]}]"
+            out.append(SendToRealtime(rt.user_text(note)))
         out.append(RecordCallEvent("tool_result", {"name": name, "call_id": call_id, "ok": ok, "output": output}))
         self._request_response(None, out)
 
@@ -798,11 +812,12 @@ class CallBridge:
     def _cancel_hang_up(self, out: list[Command]) -> None:
         """The caller spoke before the goodbye finished: do not hang up on them."""
         if isinstance(self._end_action, HangUp) and self._end_call_id is not None:
-            out.append(
-                SendToRealtime(
-                    rt.function_call_output(self._end_call_id, '{"status":"not ended: the caller kept talking"}')
+            if self._end_call_id in self._session_calls:
+                out.append(
+                    SendToRealtime(
+                        rt.function_call_output(self._end_call_id, '{"status":"not ended: the caller kept talking"}')
+                    )
                 )
-            )
             out.append(RecordCallEvent("hangup_cancelled", {"reason": "caller spoke"}))
             self._end_action = None
             self._end_call_id = None

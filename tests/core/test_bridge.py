@@ -551,3 +551,47 @@ def test_idle_timeout_is_held_to_the_range_the_api_takes() -> None:
     for ms in (4_999, 30_001, 200):
         with pytest.raises(ValueError, match="5000-30000"):
             rt.SessionSettings(**base, idle_timeout_ms=ms)  # type: ignore[arg-type]
+
+
+def test_a_tool_that_finishes_after_its_session_was_lost_reaches_the_next_one_as_context() -> None:
+    bridge = make_bridge(custom_tools=("lookup",))
+    start_session(bridge)
+    deliver_audio(bridge, "resp_greet", "item_greet", 800, 2)  # greeted: the next session does not greet again
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    bridge.handle(rt.ResponseCreated("resp_2"), 10)
+    bridge.handle(rt.FunctionCallReady("resp_2", "call_old", "lookup", '{"q": "hours"}'), 11)
+    started = bridge.handle(rt.ResponseDone("resp_2", "completed"), 12)
+    assert [c.call_id for c in of(started, RunTool)] == ["call_old"]
+    bridge.handle(UpstreamLost("closed 1006"), 20)
+    ready(bridge, 30)  # the new session: it never saw call_old
+    sent = realtime(bridge.handle(ToolFinished("call_old", "lookup", '{"open": "9-5"}', True), 40))
+    assert "function_call_output" not in str(sent)
+    [note] = [e for e in sent if e["type"] == "conversation.item.create"]
+    assert note["item"]["role"] == "user" and '{"open": "9-5"}' in note["item"]["content"][0]["text"]
+    assert sent[-1]["type"] == "response.create"
+
+
+def test_a_barge_in_after_a_reconnection_never_truncates_the_lost_sessions_item() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    deliver_audio(bridge, "resp_greet", "item_old", 1600, 2)  # playing at Twilio, unacknowledged
+    bridge.handle(UpstreamLost("closed 1006"), 20)
+    ready(bridge, 30)
+    cut = bridge.handle(rt.SpeechStarted(100, "item_caller"), 40)
+    assert not [e for e in realtime(cut) if e["type"] == "conversation.item.truncate"]
+    assert [t["event"] for t in twilio(cut)] == ["clear"]  # what still plays at Twilio is flushed all the same
+
+
+def test_a_pending_goodbye_of_a_lost_session_is_not_cancelled_with_its_old_call_id() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    bridge.handle(rt.ResponseCreated("resp_2"), 10)
+    deliver_audio(bridge, "resp_2", "item_bye", 1600, 11)  # the goodbye is still playing at Twilio
+    bridge.handle(rt.FunctionCallReady("resp_2", "call_bye", "end_call", '{"reason": "done"}'), 11)
+    bridge.handle(rt.ResponseDone("resp_2", "completed"), 12)
+    assert not bridge.ended  # the hang-up waits for the goodbye to play
+    bridge.handle(UpstreamLost("closed 1006"), 20)
+    ready(bridge, 30)
+    spoke = realtime(bridge.handle(rt.SpeechStarted(100, "item_caller"), 40))
+    assert not [e for e in spoke if "call_bye" in str(e)]

@@ -347,6 +347,8 @@ class CallBridge:
         if self.ended:
             return []  # the call is over on our side: nothing more goes upstream (or costs anything)
         audio = self._caller_audio.convert(ev.payload)
+        if not audio:
+            return []  # the resampler is still filling up: the API takes no empty append
         if not self.upstream_ready:
             self.frames_held += 1
             if len(self._held_audio) == self._held_audio.maxlen:

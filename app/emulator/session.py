@@ -438,6 +438,8 @@ class EmulatedSession:
             raw = b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError("invalid_value", "Invalid 'audio'. Expected base64-encoded audio.", "audio") from None
+        if not raw:  # the API requires audio; OpenAI's own clients never send an empty append
+            raise RequestError("invalid_value", "Invalid 'audio': the audio is empty.", "audio")
         if self._record_audio:
             self.audio_in.extend(raw)
         fmt = self._input_format
@@ -580,6 +582,12 @@ class EmulatedSession:
         item = validate_item(event["item"])
         if item["id"] in self._items:
             raise RequestError("invalid_value", f"Item with id '{item['id']}' already exists.", "item.id")
+        if item["type"] == "function_call_output" and not self._has_call(str(item.get("call_id"))):
+            raise RequestError(
+                "invalid_tool_call_id",
+                f"Tool call ID '{item.get('call_id')}' not found in conversation.",
+                "item.call_id",
+            )
         after = event.get("previous_item_id")
         if after is not None and after != "root" and after not in self._items:
             raise RequestError("invalid_value", f"Previous item with id '{after}' does not exist.", "previous_item_id")
@@ -607,6 +615,12 @@ class EmulatedSession:
             self._last_input = ("tool", item["output"])
         await self._send({"type": "conversation.item.added", "previous_item_id": previous, "item": copy.deepcopy(item)})
         await self._send({"type": "conversation.item.done", "previous_item_id": previous, "item": copy.deepcopy(item)})
+
+    def _has_call(self, call_id: str) -> bool:
+        """A function call with this id is in this session's conversation."""
+        return any(
+            r.item.get("type") == "function_call" and r.item.get("call_id") == call_id for r in self._items.values()
+        )
 
     def _require_item(self, event: dict[str, Any]) -> tuple[str, _ItemRecord]:
         item_id = event.get("item_id")

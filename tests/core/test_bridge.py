@@ -595,3 +595,12 @@ def test_a_pending_goodbye_of_a_lost_session_is_not_cancelled_with_its_old_call_
     ready(bridge, 30)
     spoke = realtime(bridge.handle(rt.SpeechStarted(100, "item_caller"), 40))
     assert not [e for e in spoke if "call_bye" in str(e)]
+
+
+def test_no_empty_append_goes_upstream_while_the_resampler_fills() -> None:
+    bridge = make_bridge("pcm24k")
+    ready(bridge, 0)
+    sent = [e for n in range(10) for e in realtime(bridge.handle(MediaReceived(b"\x7f" * 160), 20 * n))]
+    appends = [e for e in sent if e["type"] == "input_audio_buffer.append"]
+    assert appends and all(e["audio"] for e in appends)
+    assert bridge.frames_in == 10

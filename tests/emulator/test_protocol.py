@@ -505,3 +505,15 @@ async def test_an_idle_timeout_outside_the_apis_range_refuses_the_whole_update(i
         error = (await client.recv_until("error"))[-1]["error"]
         assert (error["code"], error["event_id"]) == (code, "evt_cfg")
         assert emu.sessions[0].session_config["audio"]["input"]["turn_detection"]["idle_timeout_ms"] is None
+
+
+@pytest.mark.asyncio
+async def test_an_empty_append_and_an_output_for_a_call_the_session_never_made_are_refused() -> None:
+    async with RealtimeEmulator(fast_config()) as emu, connect(emu) as client:
+        await client.send({"type": "input_audio_buffer.append", "event_id": "evt_empty", "audio": ""})
+        empty = (await client.recv_until("error"))[-1]["error"]
+        await client.send({"type": "conversation.item.create", "event_id": "evt_out", "item": {
+            "type": "function_call_output", "call_id": "call_from_another_session", "output": "{}"}})  # fmt: skip
+        unknown = (await client.recv_until("error"))[-1]["error"]
+    assert (empty["code"], empty["param"], empty["event_id"]) == ("invalid_value", "audio", "evt_empty")
+    assert (unknown["code"], unknown["event_id"]) == ("invalid_tool_call_id", "evt_out")

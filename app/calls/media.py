@@ -41,6 +41,7 @@ from app.core.bridge import (
     BridgeConfig,
     CallBridge,
     Command,
+    HandOff,
     HangUp,
     HardStop,
     OptOut,
@@ -559,17 +560,25 @@ class CallSession:
             if (self._stopped or self._server_ended) and not bridge.awaiting_transcription:
                 self._transcripts_settled.set()
 
-    async def _upstream_failed(self, error: str) -> None:
+    async def _upstream_failed(
+        self, error: str, end_reason: str = "realtime unavailable past the reconnect deadline"
+    ) -> None:
         """No Realtime session within the deadline: apologise and hand over (or hang up), via resume."""
         rt = self.rt
         rt.metrics.upstream_failures.inc()
-        self.status, self.end_reason = "failed", "realtime unavailable past the reconnect deadline"
+        self.status, self.end_reason = "failed", end_reason
         number = rt.settings.transfer_number
         self.live.meta({"end_requested": "upstream_failed", **({"transfer_to": number} if number else {})})
         self._event("upstream_failed", {"error": error, "transfer_to": number})
         # The call ends here: once archived, the stream is closed and Twilio runs the <Redirect>, where
         # /twilio/resume apologises, then dials the human or hangs up.
         self._close_reason = "realtime unavailable"
+
+    async def _hand_off(self, reason: str) -> None:
+        """The model cannot carry the call: end it as when Realtime is gone (the <Redirect> apologises,
+        then dials a human or hangs up), and close the session now."""
+        await self._upstream_failed(reason, f"handed off: {reason}")
+        self._server_ends()
 
     def _restart_upstream(self, reason: str) -> None:
         upstream = self.upstream
@@ -708,6 +717,8 @@ class CallSession:
                 self._spawn(self._run_tool(command), "tool")  # type: ignore[arg-type]
             elif kind is RestartUpstream:
                 self._restart_upstream(command.reason)  # type: ignore[union-attr]
+            elif kind is HandOff:
+                self._spawn(self._hand_off(command.reason), "hand-off")  # type: ignore[union-attr]
             elif kind is HangUp or kind is TransferCall:
                 self._server_ends()
                 self._spawn(self._end_call(command), "end-call")  # type: ignore[arg-type]
@@ -731,6 +742,10 @@ class CallSession:
             cost = await self.meter.usage(kind, usage, datetime.now(UTC))
         except (RedisError, OSError) as exc:
             log.warning("budget.meter_unavailable", error=repr(exc))
+            return
+        except ValueError as exc:  # a usage the price table cannot price: said, never silently dropped
+            log.error("budget.usage_unpriced", kind=kind, error=str(exc))
+            self._event("usage_unpriced", {"kind": kind, "usage": usage, "error": str(exc)[:200]})
             return
         self._event(
             "cost", {"kind": cost.kind, "micros": cost.micros, "detail": cost.detail, "prices": cost.price_version}

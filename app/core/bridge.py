@@ -42,6 +42,9 @@ TWILIO_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
 # --- events the glue feeds in besides Twilio's and the Realtime server's -------------------
 
 
+UNTRANSCRIBED = "[the caller spoke; it could not be transcribed]"
+
+
 @dataclass(slots=True)
 class UpstreamReady:
     """The Realtime socket is open; session.update may be sent."""
@@ -118,6 +121,14 @@ class HangUp:
 
 
 @dataclass(slots=True)
+class HandOff:
+    """The model cannot carry the call (it failed to answer twice in a row): the caller is apologised to
+    and transferred, or the call ends, as when the Realtime service is gone."""
+
+    reason: str
+
+
+@dataclass(slots=True)
 class RestartUpstream:
     """The Realtime session is unusable (it refused our configuration, or never confirmed it): close it
     and open a new one, as after any loss of the session."""
@@ -162,6 +173,7 @@ Command = (
     | SaveTranscript
     | RecordCallEvent
     | RestartUpstream
+    | HandOff
 )
 
 
@@ -240,7 +252,7 @@ class CallBridge:
     ) -> None:
         self.config = config
         self.started_at_ms = started_at_ms
-        self.history: list[TranscriptLine] = list(history)
+        self.history: list[TranscriptLine] = sorted(history, key=lambda line: (line.offset_ms, line.seq))
         self.greeted = greeted or bool(history)
         self.call_sid: str | None = None
         self.stream_sid: str | None = None
@@ -269,6 +281,8 @@ class CallBridge:
         self._queued_creates: deque[str | None] = deque()
         self._muted_responses: set[str] = set()
         self._function_calls: dict[str, list[rt.FunctionCallReady]] = {}
+        self._response_instructions: dict[str, str | None] = {}  # what each response was asked to do
+        self._failed_in_row = 0  # responses that failed (or were cut) one after another
         # What the current session knows: a lost session's items and tool call ids mean nothing to the next.
         self._session_items: set[str] = set()
         self._session_calls: set[str] = set()
@@ -305,6 +319,7 @@ class CallBridge:
             rt.AudioDone: self._on_audio_done,
             rt.TranscriptDone: self._on_transcript_done,
             rt.InputTranscribed: self._on_input_transcribed,
+            rt.InputTranscriptionFailed: self._on_transcription_failed,
             rt.FunctionCallReady: self._on_function_call,
             rt.RealtimeError: self._on_error,
             rt.SessionUpdated: self._on_session_updated,
@@ -600,7 +615,13 @@ class CallBridge:
     ) -> None:
         self._line_seq += 1
         line = TranscriptLine(self._line_seq, speaker, text, offset_ms, interrupted, item_id)
-        self.history.append(line)
+        # In conversation order (when each turn began), not arrival order: a caller's transcript can
+        # arrive after the agent has started answering, and a restored session must see the question
+        # before its answer.
+        at = len(self.history)
+        while at > 0 and self.history[at - 1].offset_ms > offset_ms:
+            at -= 1
+        self.history.insert(at, line)
         out.append(SaveTranscript(line))
 
     def _on_speech_stopped(self, ev: rt.SpeechStopped, now_ms: int) -> list[Command]:
@@ -641,6 +662,14 @@ class CallBridge:
                     self._emit_agent_line(item, item.text, audio_end_ms, sent_upstream, out)
         return out
 
+    def _on_transcription_failed(self, ev: rt.InputTranscriptionFailed, now_ms: int) -> list[Command]:
+        """The caller said something that could not be transcribed: the transcript says so (at its place),
+        and nothing waits for words that will never come."""
+        offset = self._speech_offsets.pop(ev.item_id, self._offset(now_ms))
+        out: list[Command] = [RecordCallEvent("transcription_failed", {"item_id": ev.item_id, "error": ev.error})]
+        self._save_line("caller", UNTRANSCRIBED, offset, False, ev.item_id, out)
+        return out
+
     def _on_input_transcribed(self, ev: rt.InputTranscribed, now_ms: int) -> list[Command]:
         text = ev.transcript.strip()
         offset = self._speech_offsets.pop(ev.item_id, self._offset(now_ms))
@@ -666,6 +695,8 @@ class CallBridge:
 
     def _on_response_created(self, ev: rt.ResponseCreated, now_ms: int) -> list[Command]:
         self._server_response = ev.response_id
+        if self._create_inflight is not None:
+            self._response_instructions[ev.response_id] = self._sent_creates.get(self._create_inflight)
         self._create_inflight = None
         return []
 
@@ -678,6 +709,11 @@ class CallBridge:
             self.usage.append(ev.usage)
             out.append(RecordCallEvent("response_usage", {"response_id": ev.response_id, "usage": ev.usage}))
         calls = self._function_calls.pop(ev.response_id, [])
+        instructions = self._response_instructions.pop(ev.response_id, None)
+        lost = ev.status != "completed" and self._answer_lost(ev) and not self.ended and not self.wrapping_up
+        self._failed_in_row = (
+            self._failed_in_row + 1 if lost else 0 if ev.status == "completed" else self._failed_in_row
+        )
         if ev.status != "completed":
             self._muted_responses.add(ev.response_id)
             if ev.status != "cancelled" or ev.status_details:
@@ -697,10 +733,29 @@ class CallBridge:
         else:
             for call in calls:
                 self._start_tool(call, now_ms, out)
+        if lost:
+            detail = {"status": ev.status, "details": ev.status_details, "in_a_row": self._failed_in_row}
+            if self._failed_in_row == 1:
+                out.append(RecordCallEvent("response_retried", detail))
+                if not calls:  # a failed tool call already asked for the next response, with its error
+                    self._request_response(instructions, out)  # once more, as asked
+            else:
+                self.ended = True
+                out.append(RecordCallEvent("responses_failing", detail))
+                out.append(HandOff(f"the model failed to answer {self._failed_in_row} times in a row"))
         if self._queued_creates and self._server_response is None and self._create_inflight is None:
             self._request_response(self._queued_creates.popleft(), out)
         self._maybe_end(now_ms, out)
         return out
+
+    @staticmethod
+    def _answer_lost(ev: rt.ResponseDone) -> bool:
+        """A response that failed, or was cut for a reason other than the token limit we set (a closing
+        line held to its length is as meant): the caller would be left in silence."""
+        if ev.status == "failed":
+            return True
+        reason = (ev.status_details or {}).get("reason")
+        return ev.status == "incomplete" and reason != "max_output_tokens"
 
     def _on_function_call(self, ev: rt.FunctionCallReady, now_ms: int) -> list[Command]:
         # Run only once the response is known to have completed (it may yet be cancelled).

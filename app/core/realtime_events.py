@@ -200,6 +200,12 @@ class InputTranscribed:
 
 
 @dataclass(slots=True)
+class InputTranscriptionFailed:
+    item_id: str
+    error: str
+
+
+@dataclass(slots=True)
 class ResponseCreated:
     response_id: str
 
@@ -243,6 +249,7 @@ RealtimeEvent = (
     | SpeechStarted
     | SpeechStopped
     | InputTranscribed
+    | InputTranscriptionFailed
     | ResponseCreated
     | ResponseDone
     | FunctionCallReady
@@ -284,6 +291,9 @@ def parse_server_event(raw: bytes | str) -> RealtimeEvent:
             return TranscriptDone(ev["response_id"], ev["item_id"], ev.get("transcript", ""))
         if t == "conversation.item.input_audio_transcription.completed":
             return InputTranscribed(ev["item_id"], ev.get("transcript", ""), ev.get("usage") or {})
+        if t == "conversation.item.input_audio_transcription.failed":
+            err = ev.get("error") or {}
+            return InputTranscriptionFailed(ev["item_id"], str(err.get("code") or err.get("message") or "failed")[:200])
         if t == "response.function_call_arguments.done":
             return FunctionCallReady(ev["response_id"], ev["call_id"], ev["name"], ev.get("arguments", "{}"))
         if t == "session.updated":

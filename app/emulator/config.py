@@ -32,6 +32,14 @@ class Faults:
     as the real service refuses a whole update for one field it does not take."""
     unconfirmed_session_updates: int = 0
     """The next N session.update events get neither session.updated nor an error."""
+    fail_responses: int = 0
+    """The next N responses end at once with status ``failed`` (a server error), saying nothing."""
+    cut_responses: int = 0
+    """The next N responses end at once ``incomplete`` for ``content_filter``, saying nothing."""
+    fail_transcriptions: int = 0
+    """The next N caller turns get ``conversation.item.input_audio_transcription.failed``."""
+    late_transcript_s: float = 0.0
+    """Each caller transcript arrives this long after the turn was committed (after the answer began)."""
     _listeners: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -118,6 +118,22 @@ class _ItemRecord:
         return self.output_format.duration_ms(self.output_audio_bytes)
 
 
+def transcription_usage(model: str, seconds: float, transcript: str) -> dict[str, Any]:
+    """What the real service bills a transcription with: tokens for the gpt-4o transcribe models (about
+    10 audio tokens a second in, the transcript's tokens out), the audio's duration for whisper-1."""
+    if model.startswith("gpt-4o"):
+        audio_tokens = max(1, round(seconds * 10))
+        text_out = max(1, len(transcript) // 4)
+        return {
+            "type": "tokens",
+            "input_tokens": audio_tokens,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+            "output_tokens": text_out,
+            "total_tokens": audio_tokens + text_out,
+        }
+    return {"type": "duration", "seconds": seconds}
+
+
 @dataclass(eq=False)
 class _Response:
     id: str
@@ -131,6 +147,7 @@ class _Response:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str | None = None
     incomplete_reason: str | None = None  # "max_output_tokens": the output limit cut it short
+    failed: bool = False  # ended by a server error (the fail_responses fault)
     task: asyncio.Task[None] | None = None
     output: list[dict[str, Any]] = field(default_factory=list)
     audio_bytes: int = 0
@@ -516,24 +533,50 @@ class EmulatedSession:
             transcript = scripted.pop(0) if scripted else f"(caller speech {seconds:.2f} s)"
         content["transcript"] = transcript
         self._heard_user(transcript)
-        if self.session_config["audio"]["input"].get("transcription") is not None:
+        transcription = self.session_config["audio"]["input"].get("transcription")
+        if transcription is not None:
+            faults = self._config.faults
+            if faults.late_transcript_s > 0:
+                delay = faults.late_transcript_s
+                self._spawn(lambda: self._send_transcript(item_id, transcript, seconds, transcription, delay))
+            else:
+                await self._send_transcript(item_id, transcript, seconds, transcription, 0.0)
+
+    async def _send_transcript(
+        self, item_id: str, transcript: str, seconds: float, transcription: dict[str, Any], delay: float
+    ) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        faults = self._config.faults
+        if faults.fail_transcriptions > 0:
+            faults.fail_transcriptions -= 1
             await self._send(
                 {
-                    "type": "conversation.item.input_audio_transcription.delta",
+                    "type": "conversation.item.input_audio_transcription.failed",
                     "item_id": item_id,
                     "content_index": 0,
-                    "delta": transcript,
+                    "error": {"type": "transcription_error", "code": "audio_unintelligible",
+                              "message": "Audio could not be transcribed.", "param": None},
                 }
-            )
-            await self._send(
-                {
-                    "type": "conversation.item.input_audio_transcription.completed",
-                    "item_id": item_id,
-                    "content_index": 0,
-                    "transcript": transcript,
-                    "usage": {"type": "duration", "seconds": seconds},
-                }
-            )
+            )  # fmt: skip
+            return
+        await self._send(
+            {
+                "type": "conversation.item.input_audio_transcription.delta",
+                "item_id": item_id,
+                "content_index": 0,
+                "delta": transcript,
+            }
+        )
+        await self._send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": item_id,
+                "content_index": 0,
+                "transcript": transcript,
+                "usage": transcription_usage(str(transcription.get("model", "")), seconds, transcript),
+            }
+        )
 
     async def _on_commit(self, event: dict[str, Any]) -> None:
         end_ms = int(self._input_ms)
@@ -754,6 +797,11 @@ class EmulatedSession:
             details = {"type": "cancelled", "reason": response.cancel_reason}
         elif status == "incomplete":
             details = {"type": "incomplete", "reason": response.incomplete_reason}
+        elif status == "failed":
+            details = {
+                "type": "failed",
+                "error": {"type": "server_error", "code": "internal_error", "message": "The model failed."},
+            }
         return {
             "object": "realtime.response",
             "id": response.id,
@@ -779,15 +827,24 @@ class EmulatedSession:
         try:
             await self._send({"type": "response.created", "response": self._response_object(response, "in_progress")})
             await self._send_rate_limits(response)
-            delay = self._config.faults.response_delay_s
-            if delay <= 0 or not await self._pause(response, delay):
+            faults = self._config.faults
+            delay = faults.response_delay_s
+            if faults.fail_responses > 0:
+                faults.fail_responses -= 1
+                response.failed = True
+            elif faults.cut_responses > 0:
+                faults.cut_responses -= 1
+                response.incomplete_reason = "content_filter"
+            elif delay <= 0 or not await self._pause(response, delay):
                 call = self._take_function_call(response.params)
                 if call is not None:
                     await self._stream_function_call(response, *call)
                 else:
                     await self._stream_message(response, self._reply_text(response.params))
             status = "completed"
-            if response.cancel_reason is not None:
+            if response.failed:
+                status = "failed"
+            elif response.cancel_reason is not None:
                 status = "cancelled"
             elif response.incomplete_reason is not None:
                 status = "incomplete"

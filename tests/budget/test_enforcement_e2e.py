@@ -50,7 +50,7 @@ AUDIO_ONLY = {
                                 "audio_out": 64}},
     "telephony_per_minute": {"inbound": 0, "outbound": 0},
     "transcription_per_minute": 0,
-    "transcription_tokens": None,
+    "transcription_tokens": {"audio_in": 0, "text_in": 0, "text_out": 0},
 }  # fmt: skip
 LONG_REPLY = "Of course. Our hygienists have openings on Tuesday and Thursday mornings, and the whole visit takes about forty minutes, with a short exam and time for questions."  # 162 characters: about 9.7 s of speech
 

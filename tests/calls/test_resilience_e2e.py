@@ -293,3 +293,58 @@ async def test_a_session_that_never_confirms_its_configuration_is_replaced(tmp_p
             record = await archived(base, settings, sid)
     failed = next(e for e in record["events"] if e["kind"] == "session_config_failed")
     assert failed["detail"]["reason"] == "no session.updated within 2000 ms"
+
+
+async def test_a_failed_greeting_is_asked_for_again_and_a_model_that_keeps_failing_hands_the_call_off(
+    tmp_path: Path, redis_url: str
+) -> None:
+    config = conversation([])
+    config.faults.fail_responses = 1
+    async with RealtimeEmulator(config) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url,
+                                 transfer_number="+15550001111")  # fmt: skip
+        async with serve(settings) as base:
+            sid, token = await open_call(base, unique_call())
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                session = await emulator.wait_for_session(0)
+                await agent_turn_played(tw, session, 1)  # the failed greeting, then the greeting
+                config.faults.fail_responses = 2  # from here the model cannot answer at all
+                await say_turn(tw)
+                await tw.wait_closed(timeout=30)
+            resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
+            record = await archived(base, settings, sid)
+    statuses = [e["response"]["status"] for e in session.sent if e["type"] == "response.done"]
+    assert statuses == ["failed", "completed", "failed", "failed"]
+    assert sum("Acme Dental" in s["text"] for s in record["transcript"]) == 1
+    kinds = [e["kind"] for e in record["events"]]
+    assert "response_retried" in kinds and "responses_failing" in kinds
+    assert record["status"] == "failed" and record["end_reason"].startswith("handed off")
+    assert [c.tag for c in ET.fromstring(resume.text)] == ["Say", "Dial"]  # an apology, then a person
+
+
+async def test_an_untranscribable_turn_is_in_the_transcript_and_a_late_one_in_its_place(
+    tmp_path: Path, redis_url: str
+) -> None:
+    config = conversation(["(mumbled)", "When do you open?"])
+    config.faults.fail_transcriptions = 1
+    async with RealtimeEmulator(config) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url)
+        async with serve(settings) as base:
+            sid, token = await open_call(base, unique_call())
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                session = await emulator.wait_for_session(0)
+                await agent_turn_played(tw, session, 0)
+                await say_turn(tw)  # not transcribed
+                await agent_turn_played(tw, session, 1)
+                config.faults.late_transcript_s = 1.0  # the next transcript lands after the answer began
+                await say_turn(tw)
+                await agent_turn_played(tw, session, 2)
+                await session.wait_sent(lambda e: e["type"] == "conversation.item.input_audio_transcription.completed")
+                await tw.stop()
+                await tw.wait_closed()
+            record = await archived(base, settings, sid)
+    lines = [(s["speaker"], s["text"]) for s in record["transcript"]]
+    assert [speaker for speaker, _ in lines] == ["agent", "caller", "agent", "caller", "agent"], lines
+    assert lines[1][1] == "[the caller spoke; it could not be transcribed]"
+    assert lines[3][1] == "When do you open?"  # before the answer it prompted, though it arrived after
+    assert "transcription_failed" in [e["kind"] for e in record["events"]]

@@ -10,9 +10,11 @@ import pytest
 
 from app.core import realtime_events as rt
 from app.core.bridge import (
+    UNTRANSCRIBED,
     BridgeConfig,
     CallBridge,
     Command,
+    HandOff,
     HangUp,
     HardStop,
     OptOut,
@@ -604,3 +606,58 @@ def test_no_empty_append_goes_upstream_while_the_resampler_fills() -> None:
     appends = [e for e in sent if e["type"] == "input_audio_buffer.append"]
     assert appends and all(e["audio"] for e in appends)
     assert bridge.frames_in == 10
+
+
+def test_a_failed_response_is_asked_for_once_more_then_the_call_is_handed_off() -> None:
+    bridge = make_bridge()
+    bridge.handle(UpstreamReady(), 0)
+    greeting = realtime(bridge.handle(rt.SessionUpdated({}), 0))[0]["response"]["instructions"]
+    bridge.handle(rt.ResponseCreated("resp_1"), 1)
+    retry = bridge.handle(rt.ResponseDone("resp_1", "failed", {}, {"type": "failed"}), 5)
+    again = [e for e in realtime(retry) if e["type"] == "response.create"]
+    assert [e["response"]["instructions"] for e in again] == [greeting]  # the greeting, as first asked
+    assert [c.kind for c in of(retry, RecordCallEvent) if c.kind == "response_retried"] == ["response_retried"]
+    bridge.handle(rt.ResponseCreated("resp_2"), 6)
+    gave_up = bridge.handle(rt.ResponseDone("resp_2", "incomplete", {}, {"type": "incomplete",
+                                                                        "reason": "content_filter"}), 9)  # fmt: skip
+    assert [h.reason for h in of(gave_up, HandOff)] == ["the model failed to answer 2 times in a row"]
+    assert bridge.ended
+
+
+def test_a_closing_line_held_to_its_token_limit_is_not_a_failure() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    bridge.handle(WrapUp("Close now.", "per-call cap", 5000, 160), 6)
+    bridge.handle(rt.ResponseCreated("resp_close"), 7)
+    done = bridge.handle(rt.ResponseDone("resp_close", "incomplete", {}, {"type": "incomplete",
+                                                                         "reason": "max_output_tokens"}), 9)  # fmt: skip
+    assert of(done, HandOff) == [] and not [e for e in realtime(done) if e["type"] == "response.create"]
+
+
+def test_a_failed_transcription_is_a_caller_line_that_says_so_and_nothing_waits_for_it() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.SpeechStarted(1000, "item_c1"), 1000)
+    assert bridge.awaiting_transcription
+    failed = bridge.handle(rt.InputTranscriptionFailed("item_c1", "audio_unintelligible"), 1800)
+    assert not bridge.awaiting_transcription
+    [saved] = of(failed, SaveTranscript)
+    assert (saved.line.speaker, saved.line.text, saved.line.offset_ms) == ("caller", UNTRANSCRIBED, 1000)
+
+
+def test_a_late_transcript_takes_its_place_before_the_answer_it_prompted() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.SpeechStarted(1000, "item_q"), 1000)  # the caller asks ...
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 1500)
+    bridge.handle(rt.ResponseCreated("resp_a"), 2000)
+    sent = deliver_audio(bridge, "resp_a", "item_a", 1600, 2100)  # ... the agent answers ...
+    bridge.handle(rt.AudioDone("resp_a", "item_a"), 2200)
+    bridge.handle(rt.TranscriptDone("resp_a", "item_a", "We open at nine."), 2200)
+    for mark in [m["mark"]["name"] for m in twilio(sent) if m["event"] == "mark"]:
+        bridge.handle(MarkAcknowledged(mark), 2300)  # ... the caller heard all of it ...
+    assert [line.speaker for line in bridge.history] == ["agent"]
+    bridge.handle(rt.InputTranscribed("item_q", "When do you open?"), 2600)  # ... and the question lands last
+    assert [line.speaker for line in bridge.history] == ["caller", "agent"]
+    assert bridge.history[0].text == "When do you open?"

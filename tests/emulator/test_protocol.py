@@ -149,7 +149,10 @@ async def test_spoken_turn_is_detected_committed_transcribed_and_answered_with_a
         ]
         transcription = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
         assert transcription["transcript"] == "I'd like to book a table"
-        assert transcription["usage"] == {"type": "duration", "seconds": 1.8}
+        # gpt-4o-transcribe bills tokens, as the real service does (whisper-1 would bill the duration)
+        usage = transcription["usage"]
+        assert (usage["type"], usage["input_token_details"]["audio_tokens"]) == ("tokens", 18)
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
         assert _types(events)[6:] == [
             "response.created",
             "rate_limits.updated",

@@ -224,7 +224,8 @@ async def outbound(request: Request) -> Response:
 
 @router.post("/amd", status_code=204)
 async def answering_machine(request: Request) -> Response:
-    """Async AMD result: a machine gets the campaign's voicemail (or a hang-up); a person, nothing."""
+    """Async AMD result: a machine gets the campaign's voicemail (or a hang-up), a fax a hang-up; a
+    person, nothing."""
     rt: Runtime = request.app.state.runtime
     form = await signed_form(request)
     call_sid = _field(form, "CallSid")
@@ -236,10 +237,12 @@ async def answering_machine(request: Request) -> Response:
         attempt.answered_by = answered_by
         campaign = await session.get(Campaign, attempt.campaign_id)
         await session.commit()
-    if campaign is None or not answered_by.startswith("machine"):
+    if campaign is None or not (answered_by.startswith("machine") or answered_by == "fax"):
         return Response(status_code=204)
     try:
-        if campaign.machine_action == "voicemail":
+        if answered_by == "fax":  # nobody will hear a word: the line is freed (and counted as a machine)
+            await rt.twilio.hangup(call_sid)
+        elif campaign.machine_action == "voicemail":
             await rt.twilio.update_twiml(call_sid, twiml.voicemail(voicemail_text(rt, campaign.caller_id)))
         else:
             await rt.twilio.hangup(call_sid)

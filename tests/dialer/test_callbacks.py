@@ -106,6 +106,23 @@ async def test_a_machine_gets_the_campaigns_voicemail_or_a_hang_up(tmp_path: Pat
     assert isinstance(attempt, Attempt) and attempt.answered_by == "machine_end_beep"
 
 
+async def test_a_fax_is_hung_up_on_whatever_the_campaign_does_with_machines(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, realtime_url="ws://127.0.0.1:9/v1", dialer_in_process=False)
+    _, _, (sid,) = await seed(settings, machine_action="voicemail")
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        route = mock.post(f"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json").respond(
+            200, json={"sid": sid, "status": "completed"}
+        )
+        async with serve(settings) as base:
+            fax = await post_webhook(base, "/twilio/amd?attempt=1", {"CallSid": sid, "AnsweredBy": "fax"})
+            await post_webhook(base, "/twilio/status?attempt=1", {"CallSid": sid, "CallStatus": "completed"})
+    assert fax.status_code == 204 and route.call_count == 1
+    assert parse_qs(route.calls.last.request.content.decode()) == {"Status": ["completed"]}  # no voicemail to a fax
+    attempt = await read(settings, Attempt, 1)
+    assert isinstance(attempt, Attempt) and (attempt.answered_by, attempt.disposition) == ("fax", "machine")
+
+
 async def test_progress_reports_the_30_day_abandonment_rate(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, realtime_url="ws://127.0.0.1:9/v1", dialer_in_process=False)
     campaign_id, _, sids = await seed(settings, attempts=3)

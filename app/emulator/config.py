@@ -40,6 +40,8 @@ class Faults:
     """The next N caller turns get ``conversation.item.input_audio_transcription.failed``."""
     late_transcript_s: float = 0.0
     """Each caller transcript arrives this long after the turn was committed (after the answer began)."""
+    session_lifetime_s: int = 3600
+    """What session.created says in ``expires_at`` (from now): the real service's limit is 60 minutes."""
     _listeners: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -113,7 +113,7 @@ def _reject_unknown(obj: dict[str, Any], allowed: frozenset[str] | set[str], pre
             raise RequestError("unknown_parameter", f"Unknown parameter: '{prefix}.{key}'.", f"{prefix}.{key}")
 
 
-def default_session(*, session_id: str, model: str) -> dict[str, Any]:
+def default_session(*, session_id: str, model: str, lifetime_s: int = 3600) -> dict[str, Any]:
     """The session object of session.created before any update."""
     return {
         "type": "realtime",
@@ -131,7 +131,7 @@ def default_session(*, session_id: str, model: str) -> dict[str, Any]:
         "tracing": None,
         "truncation": "auto",
         "prompt": None,
-        "expires_at": int(time.time()) + 3600,
+        "expires_at": int(time.time()) + lifetime_s,
         "include": None,
         "audio": {
             "input": {

@@ -174,7 +174,9 @@ class EmulatedSession:
     ) -> None:
         self.id = new_id("sess")
         self.model = model
-        self.session_config: dict[str, Any] = default_session(session_id=self.id, model=model)
+        self.session_config: dict[str, Any] = default_session(
+            session_id=self.id, model=model, lifetime_s=config.faults.session_lifetime_s
+        )
         self._received = EventLog()
         self._sent = EventLog()
         self.received: list[dict[str, Any]] = self._received.events

@@ -348,3 +348,23 @@ async def test_an_untranscribable_turn_is_in_the_transcript_and_a_late_one_in_it
     assert lines[1][1] == "[the caller spoke; it could not be transcribed]"
     assert lines[3][1] == "When do you open?"  # before the answer it prompted, though it arrived after
     assert "transcription_failed" in [e["kind"] for e in record["events"]]
+
+
+async def test_a_session_rolls_over_ahead_of_its_own_expires_at(tmp_path: Path, redis_url: str) -> None:
+    config = conversation([])
+    config.faults.session_lifetime_s = 301  # session.created says it ends in 301 s: 5 minutes' margin is past
+    async with RealtimeEmulator(config) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url)  # 55-minute age limit
+        async with serve(settings) as base:
+            sid, token = await open_call(base, unique_call())
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                first = await emulator.wait_for_session(0)
+                await agent_turn_played(tw, first, 0)
+                config.faults.session_lifetime_s = 3600
+                second = await emulator.wait_for_session(1)  # rolled over once the greeting had played
+                await second.wait_for(lambda e: e["type"] == "session.update")
+                await tw.stop()
+                await tw.wait_closed()
+            record = await archived(base, settings, sid)
+    assert "upstream_rollover" in [e["kind"] for e in record["events"]]
+    assert len(emulator.sessions) == 2

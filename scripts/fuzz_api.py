@@ -58,36 +58,33 @@ def own_redis(url: str) -> str:
     return fuzz
 
 
+async def _on_server(url: str, statement: str) -> None:
+    """Run one statement on the PostgreSQL server of ``url``, from its maintenance database."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    conn = await asyncpg.connect(
+        host=parsed.host, port=parsed.port, user=parsed.username, password=parsed.password, database="postgres"
+    )
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 async def own_database(url: str) -> tuple[str, str]:
     """A new PostgreSQL database on the same server (the fuzzer replaces the national registry, adds
     DNC entries and consents: none of that may reach other tests' data). Returns (url, name)."""
-    import asyncpg
     from sqlalchemy.engine import make_url
 
-    parsed = make_url(url)
     name = f"sb_fuzz_{os.urandom(4).hex()}"
-    conn = await asyncpg.connect(
-        host=parsed.host, port=parsed.port, user=parsed.username, password=parsed.password, database="postgres"
-    )
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return parsed.set(database=name).render_as_string(hide_password=False), name
+    await _on_server(url, f'CREATE DATABASE "{name}"')
+    return make_url(url).set(database=name).render_as_string(hide_password=False), name
 
 
 async def drop_database(url: str, name: str) -> None:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    conn = await asyncpg.connect(
-        host=parsed.host, port=parsed.port, user=parsed.username, password=parsed.password, database="postgres"
-    )
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _on_server(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:

@@ -387,6 +387,14 @@ async def agent_turn_played(tw: TwilioStream, session: Any, response_index: int 
             await tw._new.wait()
 
 
+async def close_runtime(*runtimes: Any) -> None:
+    """What build_runtime opened (Redis, the database engine, the Twilio client), closed."""
+    for rt in runtimes:
+        await rt.redis.aclose()
+        await rt.engine.dispose()
+        await rt.twilio.aclose()
+
+
 async def upstream_closed(*sessions: Any, timeout: float = 15.0) -> None:
     """Wait until each emulator session has seen its socket close, so all it received is counted."""
     async with asyncio.timeout(timeout):

@@ -17,7 +17,7 @@ from app.calls.sweeper import sweep_once
 from app.core.bridge import TranscriptLine
 from app.main import build_runtime
 from app.runtime import Runtime
-from tests.support import make_settings
+from tests.support import close_runtime, make_settings
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.redis, pytest.mark.postgres]
 
@@ -72,10 +72,7 @@ async def test_two_nodes_sweeping_archive_an_orphan_exactly_once(
             call = await session.scalar(select(Call).where(Call.call_sid == sid))
         assert call is not None and call.status == "orphaned" and call.end_reason == "stream lost; lease expired"
     finally:
-        for rt in (node_a, node_b):
-            await rt.redis.aclose()
-            await rt.engine.dispose()
-            await rt.twilio.aclose()
+        await close_runtime(node_a, node_b)
 
 
 async def test_a_call_with_a_live_lease_is_not_swept(tmp_path: Path, redis_url: str) -> None:
@@ -89,9 +86,7 @@ async def test_a_call_with_a_live_lease_is_not_swept(tmp_path: Path, redis_url: 
         assert sid not in await sweep_once(rt, now_ms=now + 60_000)
         assert await count(rt, sid) == (0, 0)
     finally:
-        await rt.redis.aclose()
-        await rt.engine.dispose()
-        await rt.twilio.aclose()
+        await close_runtime(rt)
 
 
 async def test_what_twilio_and_the_model_really_send_is_archived_on_postgresql(
@@ -116,9 +111,7 @@ async def test_what_twilio_and_the_model_really_send_is_archived_on_postgresql(
         async with rt.sessionmaker() as session:
             call = await session.scalar(select(Call).where(Call.call_sid == sid))
     finally:
-        await rt.redis.aclose()
-        await rt.engine.dispose()
-        await rt.twilio.aclose()
+        await close_runtime(rt)
     assert call is not None
     assert call.from_number == sip and call.end_reason == reason
     assert call.to_number is not None and len(call.to_number) == 255 and call.to_number.endswith("…")
@@ -145,6 +138,4 @@ async def test_a_call_that_cannot_be_archived_is_passed_over_and_counted_and_the
         assert failures >= 1
     finally:
         await rt.call_store.finish(broken)  # no later sweep (of any test's server) trips on it again
-        await rt.redis.aclose()
-        await rt.engine.dispose()
-        await rt.twilio.aclose()
+        await close_runtime(rt)

@@ -24,7 +24,7 @@ from app.dialer.service import import_contacts
 from app.dialer.worker import CallsPerSecond, Dialer, placement_failure
 from app.main import build_runtime
 from app.runtime import Runtime
-from tests.support import ACCOUNT_SID, TWILIO_API, make_settings
+from tests.support import ACCOUNT_SID, TWILIO_API, close_runtime, make_settings
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.postgres, pytest.mark.redis]
 
@@ -144,10 +144,7 @@ async def test_two_workers_place_each_due_contact_once_within_the_limits(
                 .where(DialDecisionRecord.campaign_id == campaign_id)
             )
     finally:
-        for rt in (rt_a, rt_b):
-            await rt.redis.aclose()
-            await rt.engine.dispose()
-            await rt.twilio.aclose()
+        await close_runtime(rt_a, rt_b)
 
     assert first_round == total  # every due contact dialed once in the first round
     per_contact = Counter(a.contact_id for a in attempts)
@@ -181,9 +178,7 @@ async def test_a_fixed_clock_outside_the_window_places_nothing_and_defers_everyo
             )
             contacts = list(await session.scalars(select(Contact).where(Contact.campaign_id == campaign_id)))
     finally:
-        await rt.redis.aclose()
-        await rt.engine.dispose()
-        await rt.twilio.aclose()
+        await close_runtime(rt)
     assert {r.outcome for r in records} == {Outcome.defer.value}
     assert all(r.reasons[0]["code"] == "window.federal" for r in records)
     assert all(c.status == "pending" and c.next_attempt_at is not None and c.next_attempt_at > night for c in contacts)
@@ -222,10 +217,7 @@ async def test_two_workers_never_exceed_a_small_concurrency_together(
                 if sum(handled) == 0:
                     break
     finally:
-        for rt in (rt_a, rt_b):
-            await rt.redis.aclose()
-            await rt.engine.dispose()
-            await rt.twilio.aclose()
+        await close_runtime(rt_a, rt_b)
     assert max(peaks) == 3  # both workers together, never more than the campaign allows
     assert sum(peaks) == 40
 
@@ -281,9 +273,7 @@ async def test_a_number_twilio_says_can_never_be_called_is_not_retried_and_says_
                                                .where(Attempt.campaign_id == campaign_id))
             )  # fmt: skip
     finally:
-        await rt.redis.aclose()
-        await rt.engine.dispose()
-        await rt.twilio.aclose()
+        await close_runtime(rt)
     assert (contacts["0"].status, contacts["0"].disposition) == ("done", "uncallable (twilio 21217)")
     assert (contacts["1"].status, contacts["1"].disposition) == ("held", "refused (twilio 21215)")
     assert attempts == {"0": 1, "1": 1, "2": 2}  # only the server error was tried again

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator
 
 
 def no_nul(value: str) -> str:
@@ -16,10 +16,6 @@ def no_nul(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(no_nul)]
 """Any text from a client: NUL characters are refused (422), everything else kept as sent."""
-
-
-def bounded_text(max_length: int, *, min_length: int = 0) -> object:
-    return Annotated[str, Field(min_length=min_length, max_length=max_length), AfterValidator(no_nul)]
 
 
 MAX_ID = 2**31 - 1  # SQL integer keys

@@ -23,6 +23,7 @@ import orjson
 import structlog
 from fastapi import HTTPException
 
+from app.auth.keys import presented_key
 from app.problems import PROBLEM_JSON
 
 log = structlog.get_logger()
@@ -105,11 +106,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def bearer_token(scope: Scope) -> str:
-    header = _header(scope, b"authorization") or ""
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        token = _header(scope, b"x-api-key") or ""
-    return token.strip()
+    return presented_key(_header(scope, b"authorization") or "", _header(scope, b"x-api-key") or "")
 
 
 async def _problem(send: Send, status: int, title: str, detail: str, instance: str, **headers: str) -> None:

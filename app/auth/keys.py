@@ -72,6 +72,14 @@ async def create_api_key(
     return f"sb_{key_id}_{secret}"
 
 
+def presented_key(authorization: str, x_api_key: str) -> str:
+    """The key a request presents: ``Authorization: Bearer sb_...``, else ``X-API-Key``."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        token = x_api_key
+    return token.strip()
+
+
 async def authenticate(session: AsyncSession, token: str) -> Principal | None:
     parts = _split(token)
     if parts is None:
@@ -90,11 +98,8 @@ def require_role(*allowed: Role) -> Callable[[Request, AsyncSession], Awaitable[
         # Found by the request guard (app/http_guard.py) before the body was read; else looked up here.
         principal: Principal | None = getattr(request.state, "principal", None)
         if principal is None:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                token = request.headers.get("x-api-key", "")
-            principal = await authenticate(session, token.strip()) if token else None
+            token = presented_key(request.headers.get("authorization", ""), request.headers.get("x-api-key", ""))
+            principal = await authenticate(session, token) if token else None
         if principal is None:
             raise ProblemError(401, "Unauthorized", "A valid API key is required (Authorization: Bearer sb_...).")
         if principal.role is not Role.admin and principal.role not in allowed:

@@ -51,6 +51,11 @@ WRAP_UP_INSTRUCTIONS = (
 )
 
 
+def holds_reserve(caps: Caps, campaign_id: int | None) -> bool:
+    """A call holds a closing reserve when its day, or its campaign's day, has a cap (a pool)."""
+    return caps.per_day is not None or (campaign_id is not None and caps.per_campaign_day is not None)
+
+
 def micros(usd: float | None) -> int | None:
     return None if usd is None else round(usd * 1_000_000)
 
@@ -121,7 +126,7 @@ class Budget:
         if campaign_id is not None:
             campaign_spent, campaign_reserved = await self.ledger.campaign_pool(campaign_id, day)
         spent, reserved = await self.ledger.day_pool(day)
-        pooled = caps.per_day is not None or (campaign_id is not None and caps.per_campaign_day is not None)
+        pooled = holds_reserve(caps, campaign_id)
         return admit_call(
             spent,
             caps,
@@ -251,7 +256,7 @@ class CallMeter:
         day = self.budget.today(now)
         if self.reserve_day is not None and self.reserve_day != day:
             await self.budget.ledger.release(call_sid=self.call_sid, day=self.reserve_day, campaign_id=self.campaign_id)
-        pooled = caps.per_day is not None or (self.campaign_id is not None and caps.per_campaign_day is not None)
+        pooled = holds_reserve(caps, self.campaign_id)
         self.reserve_day = day if pooled else None
         totals = await self.budget.ledger.charge(
             call_sid=self.call_sid,

@@ -83,20 +83,34 @@ async def test_the_reserve_of_a_call_that_stopped_charging_is_reaped(ledger: Bud
 
 
 async def test_many_concurrent_charges_never_take_the_day_past_the_cap_but_by_overruns(ledger: BudgetLedger) -> None:
-    # 20 calls, each wanting 3,000 held, charge 1,000 at a time until told to close, then close on their
-    # reserve: whatever the interleaving, day + reserved stays within the cap and nobody overruns.
-    async def call(sid: str) -> int:
+    # 20 calls, each admitted only if the pool grants its whole 3,000 reserve (a charge of 0), charge 1,000 at
+    # a time until told to close, then close on their reserve: whatever the interleaving, day + reserved stays
+    # within the cap and nobody overruns. Half the calls start only once the first half is closing, so the
+    # late ones meet a pool that is (nearly) spent, whatever order the connections happen to be served in.
+    first_closing = asyncio.Event()
+
+    async def call(sid: str, late: bool) -> int:
+        if late:
+            await first_closing.wait()
+        day, reserved, left, overrun = await charge(ledger, sid, 0, 3_000)
+        assert day + reserved <= CAP and overrun == 0
+        if left < 3_000:  # refused: what the pool could give goes back
+            await ledger.release(call_sid=sid, day=DAY)
+            return 0
         closing = False
-        while True:
+        while not closing or left >= 1_000:
             day, reserved, left, overrun = await charge(ledger, sid, 1_000, None if closing else 3_000)
             assert day + reserved <= CAP and overrun == 0
             if not closing and left < 3_000:
                 closing = True
-            elif closing and left < 1_000:
-                return day
+                first_closing.set()
+        await ledger.release(call_sid=sid, day=DAY)
+        return 1
 
-    await asyncio.gather(*(call(f"CA{i}") for i in range(20)))
+    admitted = await asyncio.gather(*(call(f"CA{i}", late=i >= 10) for i in range(20)))
+    assert sum(admitted[:10]) == 10  # the early calls all fit (10 x 3,000 held of 100,000)
     assert await ledger.day_total(DAY) <= CAP
+    assert await ledger.day_reserved(DAY) == 0
 
 
 async def test_telephony_minutes_are_billed_once_across_nodes(ledger: BudgetLedger) -> None:

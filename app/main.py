@@ -102,6 +102,7 @@ def make_bridge_config(settings: Settings, tools: ToolRegistry) -> BridgeConfig:
         greeting_instructions=greeting_instructions(settings.business_name),
         transfer_number=settings.transfer_number,
         custom_tools=tools.names,
+        resampler=settings.resampler,
         resample_quality=settings.resample_quality,
     )
 

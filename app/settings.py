@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     openai_realtime_url: str = "wss://api.openai.com/v1"
     openai_realtime_model: str = "gpt-realtime"
     audio_format: Literal["pcm24k", "pcmu"] = "pcm24k"
+    # pcm24k only. fir: 1.92 ms of delay, every caller frame resampled at once (the default); soxr: its
+    # stream at RESAMPLE_QUALITY, 20-73 ms held back per direction (docs/PERFORMANCE.md)
+    resampler: Literal["fir", "soxr"] = "fir"
     resample_quality: Literal["LQ", "MQ", "HQ", "VHQ"] = "HQ"
 
     # State

@@ -1,7 +1,10 @@
-"""Caller and agent audio paths: G.711 mu-law with audioop, soxr streams for rate changes.
+"""Caller and agent audio paths: G.711 mu-law with audioop, a stateful resampler per direction per call.
 
-One stateful ``soxr.ResampleStream`` per direction per call keeps the filter history across
-20 ms frames; resampling each frame on its own would click at every frame boundary.
+The resampler keeps its filter history across 20 ms frames; resampling each frame on its own would click
+at every frame boundary. Two are offered (``RESAMPLER``): ``fir``, the default, a linear-phase polyphase FIR
+(app/core/resample.py) that holds back only its 1.92 ms group delay and turns every caller frame into its
+480 samples at once; ``soxr``, soxr's stream at ``RESAMPLE_QUALITY``, which holds back 20-73 ms and emits in
+blocks (docs/PERFORMANCE.md says why the default is what it is).
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from typing import Literal
 import numpy as np
 import soxr
 
+from app.core.resample import Downsampler, Upsampler
+
 AudioFormat = Literal["pcm24k", "pcmu"]
+Resampler = Literal["fir", "soxr"]
 ResampleQuality = Literal["LQ", "MQ", "HQ", "VHQ"]
-# soxr streams hold audio back (filter delay plus block processing). Measured on 20 ms frames
-# (docs/PERFORMANCE.md): HQ delays the caller's end of turn by 20-60 ms (mean 42 ms), MQ by 20-80 ms
-# (mean 55 ms), LQ by 20-40 ms but rolls off 8 dB at 3.4 kHz, inside the telephone band. HQ it is.
+DEFAULT_RESAMPLER: Resampler = "fir"
+# For RESAMPLER=soxr. Measured on 20 ms frames (docs/PERFORMANCE.md): HQ delays the caller's end of turn
+# by 20-60 ms (mean 42 ms), MQ by 20-80 ms (mean 55 ms), LQ by 20-40 ms but rolls off 8 dB at 3.4 kHz.
 DEFAULT_RESAMPLE_QUALITY: ResampleQuality = "HQ"
 
 TWILIO_RATE = 8000
@@ -36,12 +42,19 @@ def pcm16_to_mulaw(pcm: bytes) -> bytes:
 class CallerAudioPath:
     """Twilio mu-law 8 kHz -> the Realtime input format, continuous across frames."""
 
-    __slots__ = ("_stream", "samples_in", "samples_out")
+    __slots__ = ("_fir", "_stream", "samples_in", "samples_out")
 
-    def __init__(self, audio_format: AudioFormat, quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY) -> None:
+    def __init__(
+        self,
+        audio_format: AudioFormat,
+        quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY,
+        resampler: Resampler = DEFAULT_RESAMPLER,
+    ) -> None:
+        pcm = audio_format == "pcm24k"
+        self._fir = Upsampler() if pcm and resampler == "fir" else None
         self._stream = (
             soxr.ResampleStream(TWILIO_RATE, REALTIME_PCM_RATE, 1, dtype="int16", quality=quality)
-            if audio_format == "pcm24k"
+            if pcm and resampler == "soxr"
             else None
         )
         self.samples_in = 0
@@ -49,30 +62,50 @@ class CallerAudioPath:
 
     @property
     def delay_samples(self) -> int:
-        """Fixed delay of the stream resampler, in output samples."""
+        """Fixed delay of the resampler, in output samples."""
+        if self._fir is not None:
+            return self._fir.delay
+        return int(self._stream.delay()) if self._stream is not None else 0
+
+    @property
+    def withheld_samples(self) -> int:
+        """Output samples a stream fed N input samples owes but has not emitted: soxr trims its fixed delay
+        off the start, the FIR emits it (as its first 1.92 ms) and owes nothing."""
         return int(self._stream.delay()) if self._stream is not None else 0
 
     def convert(self, mulaw: bytes) -> bytes:
         self.samples_in += len(mulaw)
+        fir = self._fir
+        if fir is not None:
+            data: bytes = fir.process(np.frombuffer(audioop.ulaw2lin(mulaw, 2), dtype=np.int16)).tobytes()
+            self.samples_out += len(data) >> 1
+            return data
         if self._stream is None:
             self.samples_out += len(mulaw)
             return mulaw
         pcm8 = np.frombuffer(audioop.ulaw2lin(mulaw, 2), dtype=np.int16)
         out = self._stream.resample_chunk(pcm8)
         self.samples_out += len(out)
-        data: bytes = out.tobytes()
+        data = out.tobytes()
         return data
 
 
 class AgentAudioPath:
     """The Realtime output format -> Twilio mu-law 8 kHz, continuous across deltas."""
 
-    __slots__ = ("_odd", "_samples_in", "_samples_out", "_stream")
+    __slots__ = ("_fir", "_odd", "_samples_in", "_samples_out", "_stream")
 
-    def __init__(self, audio_format: AudioFormat, quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY) -> None:
+    def __init__(
+        self,
+        audio_format: AudioFormat,
+        quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY,
+        resampler: Resampler = DEFAULT_RESAMPLER,
+    ) -> None:
+        pcm = audio_format == "pcm24k"
+        self._fir = Downsampler() if pcm and resampler == "fir" else None
         self._stream = (
             soxr.ResampleStream(REALTIME_PCM_RATE, TWILIO_RATE, 1, dtype="int16", quality=quality)
-            if audio_format == "pcm24k"
+            if pcm and resampler == "soxr"
             else None
         )
         self._samples_in = 0
@@ -80,7 +113,8 @@ class AgentAudioPath:
         self._odd = b""
 
     def convert(self, audio: bytes) -> bytes:
-        if self._stream is None:
+        fir = self._fir
+        if fir is None and self._stream is None:
             return audio
         if self._odd:
             audio = self._odd + audio
@@ -89,7 +123,8 @@ class AgentAudioPath:
             # Keep the stray byte for the next delta; dropping it would misalign every sample after it.
             audio, self._odd = audio[:-1], audio[-1:]
         self._samples_in += len(audio) // 2
-        pcm8 = self._stream.resample_chunk(np.frombuffer(audio, dtype=np.int16))
+        samples = np.frombuffer(audio, dtype=np.int16)
+        pcm8 = fir.process(samples) if fir is not None else self._stream.resample_chunk(samples)  # type: ignore[union-attr]
         self._samples_out += len(pcm8)
         return audioop.lin2ulaw(pcm8.tobytes(), 2)
 
@@ -97,7 +132,12 @@ class AgentAudioPath:
         """The tail the filter still holds (the end of a response), pushed out with silence.
 
         soxr emits output in blocks, so silence is fed until everything owed has come out; the
-        extra silence is trimmed."""
+        extra silence is trimmed. The FIR pushes out its group delay (1.92 ms) and starts clean."""
+        fir = self._fir
+        if fir is not None:
+            self._odd = b""
+            self._samples_in = self._samples_out = 0
+            return audioop.lin2ulaw(fir.flush().tobytes(), 2)
         if self._stream is None:
             return b""
         owed = self._samples_in // 3 - self._samples_out
@@ -118,6 +158,10 @@ class AgentAudioPath:
 
     def discard(self) -> None:
         """Forget held audio (after a barge-in it must not leak into the next response)."""
+        if self._fir is not None:
+            self._fir.reset()
+            self._samples_in = self._samples_out = 0
+            self._odd = b""
         if self._stream is not None:
             self._stream.clear()
             self._samples_in = self._samples_out = 0

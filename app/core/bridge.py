@@ -19,10 +19,12 @@ import orjson
 from app.core import realtime_events as rt
 from app.core.audio import (
     DEFAULT_RESAMPLE_QUALITY,
+    DEFAULT_RESAMPLER,
     AgentAudioPath,
     AudioFormat,
     CallerAudioPath,
     ResampleQuality,
+    Resampler,
     upstream_ms,
 )
 from app.core.playback import PlaybackTracker
@@ -196,6 +198,7 @@ class BridgeConfig:
     session_confirm_ms: int = 2000  # a session that has not confirmed our session.update by then is replaced
     end_action_grace_ms: int = 15_000  # hang up/transfer even if Twilio never echoes the last mark
     handoff_instructions: str = HANDOFF_INSTRUCTIONS
+    resampler: Resampler = DEFAULT_RESAMPLER
     resample_quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY
     opt_out_digit: str | None = "9"  # this key opts the number out, on any call (the strict reading)
 
@@ -258,8 +261,8 @@ class CallBridge:
         self.stream_sid: str | None = None
         self.custom_parameters: dict[str, str] = {}
         self._twilio: TwilioOutbound | None = None
-        self._caller_audio = CallerAudioPath(config.audio_format, config.resample_quality)
-        self._agent_audio = AgentAudioPath(config.audio_format, config.resample_quality)
+        self._caller_audio = CallerAudioPath(config.audio_format, config.resample_quality, config.resampler)
+        self._agent_audio = AgentAudioPath(config.audio_format, config.resample_quality, config.resampler)
         self.playback = PlaybackTracker()
         self.upstream_ready = False
         # (event_id, sent at ms) of the session.update awaiting its session.updated; audio waits meanwhile

@@ -184,6 +184,7 @@ class EmulatedSession:
         self.sent: list[dict[str, Any]] = self._sent.events
         """Every server event sent; audio deltas carry ``delta_bytes`` instead of ``delta``."""
         self.audio_in = bytearray()
+        self.appends = 0  # input_audio_buffer.append events taken
         self.binary_frames = 0
         """Decoded input audio, in the input format it arrived in."""
         self.truncations: list[dict[str, Any]] = []
@@ -459,6 +460,7 @@ class EmulatedSession:
             raise RequestError("invalid_value", "Invalid 'audio'. Expected base64-encoded audio.", "audio") from None
         if not raw:  # the API requires audio; OpenAI's own clients never send an empty append
             raise RequestError("invalid_value", "Invalid 'audio': the audio is empty.", "audio")
+        self.appends += 1
         if self._record_audio:
             self.audio_in.extend(raw)
         fmt = self._input_format

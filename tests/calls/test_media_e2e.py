@@ -10,6 +10,7 @@ import pytest
 import soxr
 
 from app.core.audio import CallerAudioPath
+from app.core.resample import upsample_once
 from app.emulator.server import RealtimeEmulator
 from tests.support import (
     SILENCE,
@@ -25,10 +26,11 @@ from tests.support import (
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 
 
+@pytest.mark.parametrize("resampler", ["fir", "soxr"])
 async def test_caller_audio_arrives_as_24k_pcm_three_samples_per_mulaw_sample(
-    tmp_path: Path, emulator: RealtimeEmulator
+    tmp_path: Path, emulator: RealtimeEmulator, resampler: str
 ) -> None:
-    settings = make_settings(tmp_path, realtime_url=emulator.url)
+    settings = make_settings(tmp_path, realtime_url=emulator.url, resampler=resampler)
     frames = tone_frames(1000, 2.0)
     async with serve(settings) as base:
         sid, token = await open_call(base, 1)
@@ -40,17 +42,23 @@ async def test_caller_audio_arrives_as_24k_pcm_three_samples_per_mulaw_sample(
             await tw.wait_closed()
             await upstream_closed(session)
     upstream = np.frombuffer(bytes(session.audio_in), dtype=np.int16).astype(np.float64)
-    reference_path = CallerAudioPath("pcm24k", settings.resample_quality)
+    reference_path = CallerAudioPath("pcm24k", settings.resample_quality, settings.resampler)
     for frame in frames:
         reference_path.convert(frame)
-    delay = reference_path.delay_samples  # soxr's fixed filter delay, in 24 kHz samples
     sent = sum(len(f) for f in frames)
-    assert len(upstream) == 3 * sent - delay  # no frame lost, none doubled
+    # no frame lost, none doubled: soxr trims its fixed delay off the start, the FIR trims nothing
+    assert len(upstream) == 3 * sent - reference_path.withheld_samples
+    if resampler == "fir":
+        assert session.appends == len(frames)  # one whole append per frame (the emulator refuses empty ones)
 
     pcm8 = np.frombuffer(audioop.ulaw2lin(b"".join(frames), 2), dtype=np.int16).astype(np.float64)
-    one_shot = soxr.resample(pcm8, 8000, 24000, quality=settings.resample_quality)
-    aligned = upstream[: len(one_shot) - delay]
-    reference = one_shot[: len(aligned)]
+    if resampler == "fir":
+        reference = upsample_once(pcm8)  # one pass of the same filter over the whole signal
+        aligned = upstream
+    else:
+        one_shot = soxr.resample(pcm8, 8000, 24000, quality=settings.resample_quality)
+        aligned = upstream[: len(one_shot) - reference_path.withheld_samples]  # soxr's one-shot is delay-compensated
+        reference = one_shot[: len(aligned)]
     noise = reference[240:] - aligned[240:]
     snr = 10 * np.log10(np.sum(reference[240:] ** 2) / np.sum(noise**2))
     assert snr >= 60.0

@@ -155,7 +155,7 @@ async def test_malformed_frames_are_skipped_and_an_oversized_frame_ends_only_tha
     from app.core.audio import CallerAudioPath
 
     def expected(frames: list[bytes]) -> int:
-        path = CallerAudioPath("pcm24k", settings.resample_quality)
+        path = CallerAudioPath("pcm24k", settings.resample_quality, settings.resampler)
         return sum(len(path.convert(f)) for f in frames)
 
     assert len(sessions[0].audio_in) == expected(good)  # every good frame of A arrived, bad ones skipped

@@ -12,6 +12,7 @@ from typing import Protocol
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.asyncio.client import ClientConnection
+from websockets.protocol import OPEN
 
 
 class RealtimeUpstream(Protocol):
@@ -26,13 +27,17 @@ CLOSE_TIMEOUT_S = 1.0
 class OpenAIRealtimeUpstream:
     """One Realtime session over the SDK connection.
 
-    Sends go straight to the SDK's underlying websockets connection as text frames when it is
-    there: the SDK's ``send_raw`` wraps every message in reconnect-queue bookkeeping (a task
-    lookup, queue checks, a context manager) that we never use, and that was ~20% of server CPU at
-    50 frames per second per call (docs/PERFORMANCE.md). ``send_raw`` remains the fallback.
+    Sends skip the SDK's ``send_raw`` (reconnect-queue bookkeeping on every message: a task lookup, queue
+    checks, a context manager; ~20% of server CPU at 50 frames per second per call) and, while the socket
+    takes data, websockets' own ``send`` too: its async context manager and drain cost more than framing
+    the message. The frame goes through the connection's protocol object and out to the transport at
+    once, exactly as ``send`` would write it. When the write buffer is full (the peer reads slowly), a
+    message is being fragmented, or the connection is not open, the message takes websockets' ``send``,
+    which waits for the buffer to drain or raises ConnectionClosed. ``send_raw`` is the fallback for a
+    connection that is not websockets' ClientConnection.
     """
 
-    __slots__ = ("_conn", "_send_text")
+    __slots__ = ("_conn", "_raw", "_send_text")
 
     def __init__(self, conn: AsyncRealtimeConnection) -> None:
         self._conn = conn
@@ -42,12 +47,34 @@ class OpenAIRealtimeUpstream:
             # reads any more: give up (and drop the connection) after a second, not websockets' 10 s.
             raw.close_timeout = CLOSE_TIMEOUT_S
         self._send_text: Callable[..., Awaitable[None]] | None = raw.send if isinstance(raw, ClientConnection) else None
+        # The synchronous path needs these attributes of websockets' asyncio Connection; without them
+        # (another websockets version), every message takes ``send``.
+        usable = isinstance(raw, ClientConnection) and all(
+            hasattr(raw, name) for name in ("paused", "send_in_progress", "protocol", "send_data")
+        )
+        self._raw: ClientConnection | None = raw if usable else None
 
     @property
     def fast_path(self) -> bool:
         return self._send_text is not None
 
+    @property
+    def direct_path(self) -> bool:
+        """Messages are framed and written without awaiting while the socket takes them."""
+        return self._raw is not None
+
     async def send(self, data: bytes) -> None:
+        raw = self._raw
+        if (
+            raw is not None
+            and not raw.paused
+            and raw.send_in_progress is None
+            and raw.protocol.state is OPEN
+            and not raw.transport.is_closing()
+        ):
+            raw.protocol.send_text(data)
+            raw.send_data()
+            return
         if self._send_text is not None:
             await self._send_text(data, text=True)
         else:

@@ -4,6 +4,7 @@ Twilio-side media client. Everything speaks the real protocols over real sockets
 from __future__ import annotations
 
 import asyncio
+import itertools
 import audioop
 import base64
 import os
@@ -174,6 +175,9 @@ def speech_frames(seconds: float) -> list[bytes]:
 SILENCE = b"\xff" * 160
 
 
+_ARRIVALS = itertools.count()  # one order over every TwilioStream's messages in this process
+
+
 class TwilioStream:
     """A Twilio media stream client driven step by step by a test (frames sent as fast as asked)."""
 
@@ -185,6 +189,7 @@ class TwilioStream:
         self.stream_sid = stream_sid
         self.seq = 0
         self.received: list[dict[str, Any]] = []
+        self.arrived: list[int] = []  # for each received message, its place among every stream's messages
         self._new = asyncio.Condition()
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -220,6 +225,7 @@ class TwilioStream:
                 message = orjson.loads(raw)
                 async with self._new:
                     self.received.append(message)
+                    self.arrived.append(next(_ARRIVALS))
                     self._new.notify_all()
                 if self.auto_ack and message.get("event") == "mark":
                     # Twilio with instant playback: echo each mark as it arrives.

@@ -2,7 +2,8 @@
 
 All decisions are the bridge's (app/core/bridge.py); this module feeds it events and carries out
 its commands. Per caller frame it does: receive, parse, bridge, send; no logging, no model
-construction, no awaits besides the sockets.
+construction, no awaits besides the sockets. Per agent audio delta the same, then it yields to the other
+calls (fair scheduling: a burst of deltas on one call does not delay another's).
 
 Around that hot path it keeps the call alive: live state written through to Redis, a lease that
 says which stream drives the call, a new Realtime session when one drops, expires or reaches its
@@ -59,6 +60,7 @@ from app.core.bridge import (
     WrapUp,
 )
 from app.core.realtime_events import (
+    AudioDelta,
     RealtimeError,
     RealtimeEventError,
     SessionCreated,
@@ -559,6 +561,11 @@ class CallSession:
                 await execute(commands)
             if (self._stopped or self._server_ended) and not bridge.awaiting_transcription:
                 self._transcripts_settled.set()
+            if kind is AudioDelta:
+                # Realtime sends a reply's audio faster than real time, a burst of deltas at once: after
+                # each, the other calls get their turn (the loop is a round robin), so one call's burst
+                # never holds back another call's first audio or its caller's frames.
+                await asyncio.sleep(0)
 
     async def _upstream_failed(
         self, error: str, end_reason: str = "realtime unavailable past the reconnect deadline"

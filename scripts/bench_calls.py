@@ -142,8 +142,8 @@ def emulator_main(conn: Any, port: int, pacing_speed: float, cpus: set[int] | No
     async def run() -> None:
         config = EmulatorConfig(
             tts="synthetic",
-            realtime_pacing=True,
-            pacing_speed=pacing_speed,
+            realtime_pacing=pacing_speed > 0,  # 0: --bursty, each reply's audio as fast as the socket takes it
+            pacing_speed=pacing_speed or 1.0,
             reply_text=lambda _text: REPLY_TEXT,
         )
         emulator = RealtimeEmulator(config, record_audio=False, max_retained_sessions=None)
@@ -825,6 +825,36 @@ HEADERS = [
 ]
 
 
+def run_side_by_side(args: argparse.Namespace, ns: list[int]) -> list[dict[str, Any]]:
+    """The shared harness's side-by-side run at each N: the sample, then pcm24k and pcmu, in one run."""
+    script = args.harness / "side_by_side.sh"
+    if not script.is_file():
+        print(f"\nside by side: {script} not found (--harness)")
+        return []
+    lines: list[dict[str, Any]] = []
+    for n in ns:
+        env = {**os.environ, "ANCHOR_MIRROR": str(args.side_by_side), "N": str(n), "DUR": str(int(args.duration))}
+        print(f"\nside by side, N={n}: {script}", flush=True)
+        proc = subprocess.run(["bash", str(script)], env=env, cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=1800)  # fmt: skip
+        for raw in proc.stdout.splitlines():
+            if raw.startswith("{"):
+                lines.append({"calls": n, **json.loads(raw)})
+        if proc.returncode:
+            print(f"  harness exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    headers = ["N", "config", "CPU ms/call-s", "x sample", "turn p50 ms", "turn p99 ms", "errors", "empty appends"]
+    rows = []
+    for line in lines:
+        sample = next((x for x in lines if x["calls"] == line["calls"] and x["config"] == "sample"), None)
+        ratio = line["cpu_ms_per_call_s"] / sample["cpu_ms_per_call_s"] if sample else None
+        rows.append([line["calls"], line["config"], f"{line['cpu_ms_per_call_s']:.2f}",
+                     f"{ratio:.2f}" if ratio else "-", line["rtt_p50_ms"], line["rtt_p99_ms"], line["errors"],
+                     line["empty_appends"]])  # fmt: skip
+    print()
+    print(format_table(headers, rows))
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=None, help="concurrent calls (one step)")
@@ -835,6 +865,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--drivers", type=int, default=1, help="caller processes (0: in this process)")
     ap.add_argument("--emulator", choices=["helper", "cli"], default="helper")
     ap.add_argument("--pacing-speed", type=float, default=2.0, help="emulator audio pacing (x real time)")
+    ap.add_argument(
+        "--bursty", action="store_true",
+        help="the emulator sends each reply's audio as fast as the socket takes it, as the real service does",
+    )  # fmt: skip
+    ap.add_argument(
+        "--side-by-side", metavar="SAMPLE_GIT", type=Path, default=None,
+        help="then run the shared harness (sample vs pcm24k vs pcmu, same N and duration, fresh real Redis "
+        "each) with the Twilio/OpenAI sample from this git copy; its lines join the report",
+    )  # fmt: skip
+    ap.add_argument("--harness", type=Path, default=Path(__file__).resolve().parents[2] / "shared/bench",
+                    help="where side_by_side.sh lives (default ../shared/bench)")  # fmt: skip
     ap.add_argument("--server-cpus", default=None, help="pin the server, e.g. 0")
     ap.add_argument("--harness-cpus", default=None, help="pin emulator and drivers, e.g. 1")
     ap.add_argument("--harness-uvloop", action="store_true", help="uvloop in emulator/drivers (ms clock)")
@@ -843,6 +884,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--keep-logs", type=Path, default=None, help="copy server logs here")
     ap.add_argument("--json", dest="json_path", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.bursty:
+        args.pacing_speed = 0.0
     if args.ramp:
         ns = [int(x) for x in args.ramp.split(",") if x.strip()]
     else:
@@ -858,7 +901,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# {info['cpu_model']}, {info['nproc']} CPUs, Python {info['python']}")
     print(
         f"# steps {ns} x {formats}, {args.duration:.0f} s per call, starts staggered over {args.stagger:.1f} s, "
-        f"drivers={args.drivers}, emulator={args.emulator} (pacing {args.pacing_speed}x)",
+        f"drivers={args.drivers}, emulator={args.emulator} "
+        f"({'bursty: unpaced' if args.bursty else f'pacing {args.pacing_speed}x'})",
         flush=True,
     )
     results: list[dict[str, Any]] = []
@@ -904,6 +948,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"largest N delivered and on time (send lag p99 < {ON_TIME_SEND_LAG_MS:.0f} ms, "
         f"turn p99 < {ON_TIME_TURN_P99_MS:.0f} ms): {max(timely) if timely else 'none'}"
     )
+    side_by_side = run_side_by_side(args, ns) if args.side_by_side else []
     for r in results:
         if "profile" in r:
             print(
@@ -924,6 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "json_path": str(args.json_path),
                     },
                     "results": results,
+                    "side_by_side": side_by_side,
                 },
                 indent=2,
                 default=str,

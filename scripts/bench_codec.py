@@ -36,6 +36,7 @@ from bench_common import format_table, machine_info, percentile
 from app.core import realtime_events as rt
 from app.core.audio import AgentAudioPath, CallerAudioPath, mulaw_to_pcm16
 from app.core.bridge import BridgeConfig, CallBridge, UpstreamReady
+from app.core.resample import upsample_once
 from app.core.tools import BUILTIN_TOOLS, greeting_instructions
 from app.core.twilio_media import MediaReceived, StreamStarted, parse_twilio_message
 from app.simulator.audio import synth_speech_mulaw
@@ -110,12 +111,12 @@ def build_cases(frames_mulaw: list[bytes], deltas_pcm24: list[bytes], deltas_mul
     pcm8_frames = [np.frombuffer(mulaw_to_pcm16(f), dtype=np.int16) for f in frames_mulaw]
     delta_json_pcm = [realtime_delta_json(d) for d in deltas_pcm24]
     delta_json_mulaw = [realtime_delta_json(d) for d in deltas_mulaw]
-    media_events = [MediaReceived(f, i * 20) for i, f in enumerate(frames_mulaw)]
+    media_events = [MediaReceived(f) for f in frames_mulaw]
     per_delta = DELTA_MS / 20
 
-    def caller(fmt: str) -> Callable[[], Callable[[int], Any]]:
+    def caller(fmt: str, resampler: str = "fir") -> Callable[[], Callable[[int], Any]]:
         def make() -> Callable[[int], Any]:
-            convert = CallerAudioPath(fmt).convert  # type: ignore[arg-type]
+            convert = CallerAudioPath(fmt, resampler=resampler).convert  # type: ignore[arg-type]
             return lambda i: convert(frames_mulaw[i % nf])
 
         return make
@@ -132,9 +133,9 @@ def build_cases(frames_mulaw: list[bytes], deltas_pcm24: list[bytes], deltas_mul
 
         return fn
 
-    def agent(fmt: str) -> Callable[[], Callable[[int], Any]]:
+    def agent(fmt: str, resampler: str = "fir") -> Callable[[], Callable[[int], Any]]:
         def make() -> Callable[[int], Any]:
-            convert = AgentAudioPath(fmt).convert  # type: ignore[arg-type]
+            convert = AgentAudioPath(fmt, resampler=resampler).convert  # type: ignore[arg-type]
             src = deltas_pcm24 if fmt == "pcm24k" else deltas_mulaw
             return lambda i: convert(src[i % nd])
 
@@ -187,13 +188,15 @@ def build_cases(frames_mulaw: list[bytes], deltas_pcm24: list[bytes], deltas_mul
         ),
         Case("  json: orjson.loads (media msg)", 1, lambda: lambda i: orjson.loads(media_json[i % nf])),
         Case("  json: json.loads (media msg)", 1, lambda: lambda i: json.loads(media_json[i % nf])),
-        Case("caller: CallerAudioPath(pcm24k).convert", 1, caller("pcm24k")),
+        Case("caller: CallerAudioPath(pcm24k).convert (fir)", 1, caller("pcm24k")),
+        Case("caller: CallerAudioPath(pcm24k).convert (soxr HQ)", 1, caller("pcm24k", "soxr")),
         Case("caller: CallerAudioPath(pcmu).convert", 1, caller("pcmu")),
         Case("caller: stateless soxr.resample 8k->24k (no ulaw)", 1, stateless),
         Case("caller: ulaw2lin + stateless soxr.resample", 1, stateless_full),
         Case("append: audio_append(960 B pcm24k)", 1, lambda: lambda i: rt.audio_append(pcm24_frames[i % 64])),
         Case("append: audio_append(160 B pcmu)", 1, lambda: lambda i: rt.audio_append(frames_mulaw[i % nf])),
-        Case("agent: AgentAudioPath(pcm24k).convert 100ms", per_delta, agent("pcm24k")),
+        Case("agent: AgentAudioPath(pcm24k).convert 100ms (fir)", per_delta, agent("pcm24k")),
+        Case("agent: AgentAudioPath(pcm24k).convert 100ms (soxr HQ)", per_delta, agent("pcm24k", "soxr")),
         Case("agent: AgentAudioPath(pcmu).convert 100ms", per_delta, agent("pcmu")),
         Case(
             "agent: parse_server_event(delta 100ms pcm24k)",
@@ -267,8 +270,10 @@ def continuity_check(frames_mulaw: list[bytes]) -> dict[str, float]:
     """What stateless per-frame resampling costs in quality: error vs one-shot resampling."""
     pcm8 = np.frombuffer(mulaw_to_pcm16(b"".join(frames_mulaw[:500])), dtype=np.int16)
     reference = soxr.resample(pcm8, 8000, 24000, quality="MQ").astype(np.float64)
-    path = CallerAudioPath("pcm24k")
+    path = CallerAudioPath("pcm24k", resampler="soxr")
     stream = np.frombuffer(b"".join(path.convert(f) for f in frames_mulaw[:500]), dtype=np.int16)
+    fir = np.frombuffer(b"".join(CallerAudioPath("pcm24k").convert(f) for f in frames_mulaw[:500]), dtype=np.int16)
+    fir_reference = upsample_once(pcm8.astype(np.float64))
     stateless = np.concatenate(
         [soxr.resample(pcm8[i : i + 160], 8000, 24000, quality="MQ") for i in range(0, len(pcm8), 160)]
     ).astype(np.float64)
@@ -282,7 +287,13 @@ def continuity_check(frames_mulaw: list[bytes]) -> dict[str, float]:
     # soxr's stream output is already aligned with the one-shot output (it withholds, not shifts)
     stream_aligned = stream.astype(np.float64)
     stream_aligned = np.concatenate([stream_aligned, np.zeros(max(0, len(reference) - len(stream_aligned)))])
-    return {"snr_db_stream_vs_oneshot": snr(stream_aligned), "snr_db_stateless_vs_oneshot": snr(stateless)}
+    fir_err = fir.astype(np.float64) - fir_reference
+    fir_snr = float(10 * np.log10(np.sum(fir_reference**2) / max(1e-9, np.sum(fir_err**2))))
+    return {
+        "snr_db_stream_vs_oneshot": snr(stream_aligned),
+        "snr_db_stateless_vs_oneshot": snr(stateless),
+        "snr_db_fir_frames_vs_one_pass": fir_snr,
+    }
 
 
 def turn_detection_delay(speech: bytes) -> dict[str, dict[str, float]]:
@@ -297,7 +308,8 @@ def turn_detection_delay(speech: bytes) -> dict[str, dict[str, float]]:
     from app.emulator.vad import EnergyVad, SpeechStopped
 
     def stop_frame(fmt: str, quality: str, lead_frames: int) -> int:
-        path = CallerAudioPath(fmt, quality)  # type: ignore[arg-type]
+        resampler = "fir" if quality == "fir" else "soxr"
+        path = CallerAudioPath(fmt, "HQ" if quality == "fir" else quality, resampler)  # type: ignore[arg-type]
         wire = AudioFormat("audio/pcm" if fmt == "pcm24k" else "audio/pcmu")  # type: ignore[arg-type]
         vad = EnergyVad(threshold_rms=500)
         audio = b"\xff" * 160 * lead_frames + speech + b"\xff" * 160 * 60
@@ -313,9 +325,13 @@ def turn_detection_delay(speech: bytes) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     leads = range(0, 8)
     base = [stop_frame("pcmu", "MQ", lead) for lead in leads]
-    for quality in ("LQ", "MQ", "HQ", "VHQ"):
+    for quality in ("fir", "LQ", "MQ", "HQ", "VHQ"):
         extra = [(stop_frame("pcm24k", quality, lead) - b) * 20.0 for lead, b in zip(leads, base, strict=True)]
-        out[f"pcm24k {quality}"] = {"min_ms": min(extra), "mean_ms": sum(extra) / len(extra), "max_ms": max(extra)}
+        out[f"pcm24k {quality if quality == 'fir' else 'soxr ' + quality}"] = {
+            "min_ms": min(extra),
+            "mean_ms": sum(extra) / len(extra),
+            "max_ms": max(extra),
+        }
     return out
 
 

@@ -4,9 +4,9 @@ Twilio-side media client. Everything speaks the real protocols over real sockets
 from __future__ import annotations
 
 import asyncio
-import itertools
 import audioop
 import base64
+import itertools
 import os
 import re
 import socket

@@ -69,6 +69,7 @@ from app.core.realtime_events import (
 )
 from app.core.stream_token import RESUME, StreamTokenError, verify_stream_token
 from app.core.twilio_media import (
+    MediaReceived,
     StreamConnected,
     StreamStarted,
     StreamStopped,
@@ -409,7 +410,11 @@ class CallSession:
 
     async def _twilio_pump(self) -> None:
         bridge = self.bridge
-        receive = self.ws.receive
+        # The ASGI server's receive itself (Starlette's wrapper only re-checks the message type per frame);
+        # the wrapper where Starlette no longer keeps it.
+        receive = getattr(self.ws, "_receive", None) or self.ws.receive
+        media = bridge.media
+        send_upstream = self._send_upstream
         handle = bridge.handle
         execute = self._execute
         now_ms = self.now_ms
@@ -439,6 +444,11 @@ class CallSession:
                 if self.bad_frames > max_bad:
                     await self._end_with(CLOSE_INVALID_DATA, "too many invalid frames", "too many invalid frames")
                     return
+                continue
+            if type(ev) is MediaReceived:  # 50 a second: straight to the bridge and upstream
+                append = media(ev.payload)
+                if append is not None:
+                    await send_upstream(append)
                 continue
             commands = handle(ev, now_ms())
             if commands:
@@ -697,6 +707,14 @@ class CallSession:
 
     # -- commands ----------------------------------------------------------------------------
 
+    async def _send_upstream(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            try:
+                await upstream.send(data)
+            except ConnectionClosed:
+                pass  # the reader sees the loss; the bridge re-sends recent audio to the next session
+
     async def _execute(self, commands: list[Command]) -> None:
         for command in commands:
             kind = type(command)
@@ -708,12 +726,7 @@ class CallSession:
                         # Twilio went away mid-send; its pump sees the disconnect.
                         self._closed = True
             elif kind is SendToRealtime:
-                upstream = self.upstream
-                if upstream is not None:
-                    try:
-                        await upstream.send(command.data)  # type: ignore[union-attr]
-                    except ConnectionClosed:
-                        pass  # the reader sees the loss; the bridge re-sends recent audio to the next session
+                await self._send_upstream(command.data)  # type: ignore[union-attr]
             elif kind is SaveTranscript:
                 line = command.line  # type: ignore[union-attr]
                 redact = self.rt.redact

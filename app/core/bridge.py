@@ -361,20 +361,26 @@ class CallBridge:
         return [RecordCallEvent("stream_started", {"stream_sid": ev.stream_sid})]
 
     def _on_media(self, ev: MediaReceived, now_ms: int) -> list[Command]:
+        append = self.media(ev.payload)
+        return [SendToRealtime(append)] if append is not None else []
+
+    def media(self, payload: bytes) -> bytes | None:
+        """A caller frame: the ``input_audio_buffer.append`` to send now, or None (held for a session not
+        ready yet, or the call is over). The per-frame path calls this directly, not through handle()."""
         self.frames_in += 1
         if self.ended:
-            return []  # the call is over on our side: nothing more goes upstream (or costs anything)
-        audio = self._caller_audio.convert(ev.payload)
+            return None  # the call is over on our side: nothing more goes upstream (or costs anything)
+        audio = self._caller_audio.convert(payload)
         if not audio:
-            return []  # the resampler is still filling up: the API takes no empty append
+            return None  # a resampler still filling up (soxr): the API takes no empty append
         if not self.upstream_ready:
             self.frames_held += 1
             if len(self._held_audio) == self._held_audio.maxlen:
                 self.frames_dropped += 1
             self._held_audio.append(audio)
-            return []
+            return None
         self._recent_audio.append(audio)
-        return [SendToRealtime(rt.audio_append(audio))]
+        return rt.audio_append(audio)
 
     def _on_dtmf(self, ev: DtmfReceived, now_ms: int) -> list[Command]:
         out: list[Command] = [RecordCallEvent("dtmf", {"digit": ev.digit})]

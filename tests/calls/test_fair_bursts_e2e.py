@@ -14,7 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
 
 from tests.support import TwilioStream, make_settings, open_call, serve
 

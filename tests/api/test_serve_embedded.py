@@ -46,11 +46,13 @@ def test_serve_brings_a_fresh_embedded_database_to_head(tmp_path: Path) -> None:
 def test_serve_puts_what_start_up_built_out_of_the_collectors_reach() -> None:
     import gc
 
-    from app.cli import quiet_garbage_collector
+    from app.cli import GC_THRESHOLDS, quiet_garbage_collector
 
-    before = gc.get_freeze_count()
+    before, thresholds = gc.get_freeze_count(), gc.get_threshold()
     try:
         quiet_garbage_collector()
         assert gc.get_freeze_count() > before  # a full collection no longer walks the modules and the app
+        assert gc.get_threshold() == GC_THRESHOLDS
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

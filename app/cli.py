@@ -71,17 +71,18 @@ def prepare_embedded_database(settings: Settings) -> None:
         upgrade(url)
 
 
-# Young collections every 10,000 net container allocations, not 700 (a busy node ran dozens a second; each
-# now pauses 3-6 ms), and full ones after 20 x 100 of those, not 10 x 10: at 100 calls the loop's p99 lag
-# went from 29 ms to 5 ms (docs/PERFORMANCE.md).
-GC_THRESHOLDS = (10_000, 20, 100)
+# Young collections every 10,000 net container allocations, not 700: full ones (after 10 x 10 young ones, as
+# by default) come 14x less often. With a 5 ms probe timer at 100 calls the loop's p99 lag went from 29 ms to
+# 5 ms; a young collection pauses 3-6 ms. Rarer still (20 x 100) let each call's cyclic garbage pile up:
+# memory grew 7% per 10 minutes in the 30-minute soak (docs/PERFORMANCE.md).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def quiet_garbage_collector() -> None:
     """Move everything the server has built by now (modules, the app, its settings) out of the cyclic
-    garbage collector's reach. A full collection otherwise walks those hundreds of thousands of objects:
-    100-140 ms with the event loop stopped, every call's audio with it (docs/PERFORMANCE.md), several
-    times while calls ramp up. What calls allocate later is collected, less often (GC_THRESHOLDS)."""
+    garbage collector's reach. A full collection otherwise walks those ~210,000 objects: 30-160 ms with
+    the event loop stopped, every call's audio with it (docs/PERFORMANCE.md), several times while calls
+    ramp up. What calls allocate later is collected, less often (GC_THRESHOLDS)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

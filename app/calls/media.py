@@ -410,8 +410,8 @@ class CallSession:
 
     async def _twilio_pump(self) -> None:
         bridge = self.bridge
-        # The ASGI server's receive itself (Starlette's wrapper only re-checks the message type per frame);
-        # the wrapper where Starlette no longer keeps it.
+        # The ASGI server's receive itself: Starlette's WebSocket.receive only re-checks the message type,
+        # per frame. Its wrapper if a Starlette version no longer keeps the raw one under that name.
         receive = getattr(self.ws, "_receive", None) or self.ws.receive
         media = bridge.media
         send_upstream = self._send_upstream

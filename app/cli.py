@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -71,11 +73,13 @@ def prepare_embedded_database(settings: Settings) -> None:
         upgrade(url)
 
 
-# Young collections every 10,000 net container allocations, not 700: full ones (after 10 x 10 young ones, as
-# by default) come 14x less often. With a 5 ms probe timer at 100 calls the loop's p99 lag went from 29 ms to
-# 5 ms; a young collection pauses 3-6 ms. Rarer still (20 x 100) let each call's cyclic garbage pile up:
-# memory grew 7% per 10 minutes in the 30-minute soak (docs/PERFORMANCE.md).
+# Young collections every 10,000 net container allocations, not 700. With a 5 ms probe timer at 100 calls the
+# loop's p99 lag went from 29 ms to 5 ms; a young collection pauses 3-6 ms. Full collections then hardly ever
+# start on their own (the start-up objects frozen away still count in the interpreter's "25% more
+# long-lived objects" rule), and each ended call leaves ~21 KB of cyclic garbage: memory grew 7% per 10
+# minutes in the 30-minute soak (docs/PERFORMANCE.md). So a full collection runs every FULL_COLLECTION_S.
 GC_THRESHOLDS = (10_000, 10, 10)
+FULL_COLLECTION_S = 60.0
 
 
 def quiet_garbage_collector() -> None:
@@ -86,6 +90,16 @@ def quiet_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    threading.Thread(target=collect_every, args=(FULL_COLLECTION_S,), name="full-gc", daemon=True).start()
+
+
+def collect_every(interval_s: float, rounds: int | None = None) -> None:
+    """A full collection every ``interval_s`` (a thread of its own: no timer of the loop's to be late)."""
+    done = 0
+    while rounds is None or done < rounds:
+        time.sleep(interval_s)
+        gc.collect()
+        done += 1
 
 
 @cli.command()

@@ -56,3 +56,13 @@ def test_serve_puts_what_start_up_built_out_of_the_collectors_reach() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+def test_a_full_collection_runs_on_its_own_clock() -> None:
+    import gc
+
+    from app.cli import collect_every
+
+    before = gc.get_stats()[2]["collections"]
+    collect_every(0.0, rounds=2)
+    assert gc.get_stats()[2]["collections"] >= before + 2

@@ -23,8 +23,6 @@ KAISER_BETA = 7.0
 HIGH_RATE = 24000
 GROUP_DELAY = (TAPS - 1) // 2  # in 24 kHz samples
 
-_F32 = np.dtype(np.float32)
-
 
 def design_lowpass(taps: int = TAPS, cutoff_hz: float = CUTOFF_HZ, beta: float = KAISER_BETA) -> np.ndarray:
     """The low-pass at 24 kHz both directions share, unity gain at DC (float64)."""

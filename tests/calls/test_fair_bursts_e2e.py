@@ -49,7 +49,6 @@ def delta(response_id: str, item_id: str) -> str:
 async def test_a_burst_on_one_call_does_not_hold_back_another_calls_first_audio(tmp_path: Path) -> None:
     configured: list[ServerConnection] = []
     both_configured = asyncio.Event()
-    done = asyncio.Event()
 
     async def realtime(ws: ServerConnection) -> None:
         await ws.send(event("session.created", session={"type": "realtime", "id": f"sess_{id(ws)}"}))
@@ -60,7 +59,6 @@ async def test_a_burst_on_one_call_does_not_hold_back_another_calls_first_audio(
                 configured.append(ws)
                 if len(configured) == 2:
                     both_configured.set()
-        done.set()
 
     async with ws_serve(realtime, "127.0.0.1", 0, max_size=None) as upstream:
         url = f"ws://127.0.0.1:{upstream.sockets[0].getsockname()[1]}/v1"
@@ -91,7 +89,9 @@ async def test_a_burst_on_one_call_does_not_hold_back_another_calls_first_audio(
                 finished, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 for task in pending:
                     task.cancel()
-                bursty = waits[finished.pop()]
+                first_done = finished.pop()
+                first_done.result()  # a stream that closed or timed out fails the test here, with its reason
+                bursty = waits[first_done]
                 quiet = tw_b if bursty is tw_a else tw_a
                 await quiet.wait_for(is_media, timeout=30)
                 media = {tw: [tw.arrived[i] for i, m in enumerate(tw.received) if is_media(m)] for tw in streams}

@@ -39,6 +39,15 @@ def pcm16_to_mulaw(pcm: bytes) -> bytes:
     return audioop.lin2ulaw(pcm, 2)
 
 
+def _soxr_stream(
+    audio_format: AudioFormat, resampler: Resampler, quality: ResampleQuality, rate_in: int, rate_out: int
+) -> soxr.ResampleStream | None:
+    """soxr's stream for one direction, when pcm24k is resampled with RESAMPLER=soxr."""
+    if audio_format != "pcm24k" or resampler != "soxr":
+        return None
+    return soxr.ResampleStream(rate_in, rate_out, 1, dtype="int16", quality=quality)
+
+
 class CallerAudioPath:
     """Twilio mu-law 8 kHz -> the Realtime input format, continuous across frames."""
 
@@ -50,13 +59,8 @@ class CallerAudioPath:
         quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY,
         resampler: Resampler = DEFAULT_RESAMPLER,
     ) -> None:
-        pcm = audio_format == "pcm24k"
-        self._fir = Upsampler() if pcm and resampler == "fir" else None
-        self._stream = (
-            soxr.ResampleStream(TWILIO_RATE, REALTIME_PCM_RATE, 1, dtype="int16", quality=quality)
-            if pcm and resampler == "soxr"
-            else None
-        )
+        self._fir = Upsampler() if audio_format == "pcm24k" and resampler == "fir" else None
+        self._stream = _soxr_stream(audio_format, resampler, quality, TWILIO_RATE, REALTIME_PCM_RATE)
         self.samples_in = 0
         self.samples_out = 0
 
@@ -101,13 +105,8 @@ class AgentAudioPath:
         quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY,
         resampler: Resampler = DEFAULT_RESAMPLER,
     ) -> None:
-        pcm = audio_format == "pcm24k"
-        self._fir = Downsampler() if pcm and resampler == "fir" else None
-        self._stream = (
-            soxr.ResampleStream(REALTIME_PCM_RATE, TWILIO_RATE, 1, dtype="int16", quality=quality)
-            if pcm and resampler == "soxr"
-            else None
-        )
+        self._fir = Downsampler() if audio_format == "pcm24k" and resampler == "fir" else None
+        self._stream = _soxr_stream(audio_format, resampler, quality, REALTIME_PCM_RATE, TWILIO_RATE)
         self._samples_in = 0
         self._samples_out = 0
         self._odd = b""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from app.calls.tools import AgentTool, ToolContext, ToolRegistry
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.emulator.session import EmulatedSession
@@ -286,11 +288,14 @@ async def test_a_configuration_refused_by_three_sessions_in_a_row_hands_the_call
     assert "refused 3 times" in failed["detail"]["error"]
 
 
+@pytest.mark.parametrize(("fault", "status"), [("fail_responses", "failed"), ("cut_responses", "incomplete")])
 async def test_a_failed_greeting_is_asked_for_again_and_a_model_that_keeps_failing_hands_the_call_off(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, fault: str, status: str
 ) -> None:
+    """A response that fails (a server error) or is cut short for its content leaves no silence: it is
+    asked for once more, and a model that keeps failing hands the call off."""
     config = conversation([])
-    config.faults.fail_responses = 1
+    setattr(config.faults, fault, 1)
     async with RealtimeEmulator(config) as emulator:
         settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url,
                                  transfer_number="+15550001111")  # fmt: skip
@@ -299,13 +304,13 @@ async def test_a_failed_greeting_is_asked_for_again_and_a_model_that_keeps_faili
             async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
                 session = await emulator.wait_for_session(0)
                 await agent_turn_played(tw, session, 1)  # the failed greeting, then the greeting
-                config.faults.fail_responses = 2  # from here the model cannot answer at all
+                setattr(config.faults, fault, 2)  # from here the model cannot answer at all
                 await say_turn(tw)
                 await tw.wait_closed(timeout=30)
             resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})
             record = await archived(base, settings, sid)
     statuses = [e["response"]["status"] for e in session.sent if e["type"] == "response.done"]
-    assert statuses == ["failed", "completed", "failed", "failed"]
+    assert statuses == [status, "completed", status, status]
     assert sum("Acme Dental" in s["text"] for s in record["transcript"]) == 1
     kinds = [e["kind"] for e in record["events"]]
     assert "response_retried" in kinds and "responses_failing" in kinds
@@ -359,3 +364,50 @@ async def test_a_session_rolls_over_ahead_of_its_own_expires_at(tmp_path: Path, 
             record = await archived(base, settings, sid)
     assert "upstream_rollover" in [e["kind"] for e in record["events"]]
     assert len(emulator.sessions) == 2
+
+
+async def test_a_tool_that_finishes_after_its_session_was_lost_tells_the_next_session_as_context(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The real service refuses a function_call_output for a call id its session never saw
+    (invalid_tool_call_id), as the emulator does: a result that arrives after the session that asked
+    for it was lost reaches the new session as context, and nothing of the old one is sent to it."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_lookup(arguments: dict[str, Any], context: ToolContext) -> Any:
+        started.set()
+        await release.wait()
+        return {"balance": "42.00"}
+
+    tools = ToolRegistry()
+    tools.add(AgentTool("check_balance", "Look up the balance", {"type": "object", "properties": {}}, slow_lookup))
+    config = EmulatorConfig(
+        tts="synthetic", transcripts=["what is my balance"], function_calls={"balance": ("check_balance", {})}
+    )
+    async with RealtimeEmulator(config) as emulator:
+        settings = make_settings(tmp_path, realtime_url=emulator.url, redis_url=redis_url)
+        async with serve(settings, tools=tools) as base:
+            sid, token = await open_call(base, unique_call())
+            async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+                first = await emulator.wait_for_session(0)
+                await agent_turn_played(tw, first, 0)
+                await say_turn(tw)
+                await asyncio.wait_for(started.wait(), 15)
+                await first.drop(1006)
+                second = await emulator.wait_for_session(1)
+                await second.wait_sent(lambda e: e["type"] == "session.updated")
+                release.set()
+                note = await second.wait_for(
+                    lambda e: e["type"] == "conversation.item.create" and "42.00" in str(e["item"])
+                )
+                await second.wait_for(lambda e: e["type"] == "response.create", start=second.received.index(note))
+                await second.wait_sent(lambda e: e["type"] == "response.done", start=len(second.sent))
+                await tw.stop()
+                await tw.wait_closed()
+            record = await archived(base, settings, sid)
+    (asked,) = [e["call_id"] for e in first.sent if e["type"] == "response.function_call_arguments.done"]
+    assert note["item"]["type"] == "message" and note["item"]["role"] == "user"
+    outputs = [e["item"]["call_id"] for e in second.received if e.get("item", {}).get("type") == "function_call_output"]
+    assert asked not in outputs  # (the new session may call the tool again itself: those are its own ids)
+    assert [e for e in second.sent if e["type"] == "error"] == []  # no invalid_tool_call_id, nothing refused
+    assert (record["tools"][0]["name"], record["tools"][0]["status"]) == ("check_balance", "ok")

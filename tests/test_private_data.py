@@ -74,3 +74,29 @@ async def test_instants_come_back_with_their_offset_from_sqlite(tmp_path: Path) 
     finally:
         await engine.dispose()
     assert back == new_york and back.tzinfo is UTC and back.isoformat() == "2026-12-02T14:30:00+00:00"
+
+
+def test_every_instant_column_is_stored_as_an_instant() -> None:
+    """Lists, contacts, decisions, attempts, calls and exports all read instants through these columns:
+    none of them may come back without its offset on SQLite."""
+    from sqlalchemy import DateTime
+
+    from app.db import Base, UtcDateTime
+    from app.models import import_all_models
+
+    import_all_models()
+
+    plain = [
+        f"{table.name}.{column.name}"
+        for table in Base.metadata.tables.values()
+        for column in table.columns
+        if isinstance(column.type, DateTime) and not isinstance(column.type, UtcDateTime)
+    ]
+    instants = [
+        f"{table.name}.{column.name}"
+        for table in Base.metadata.tables.values()
+        for column in table.columns
+        if isinstance(column.type, UtcDateTime)
+    ]
+    assert plain == []
+    assert {"calls.started_at", "contacts.created_at", "consents.granted_at"} <= set(instants), instants

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -189,13 +190,17 @@ async def test_a_start_with_an_unusable_media_format_is_refused_with_a_reason_an
     assert tw.close_code == 1000 and len(session.audio_in) > 0  # the call went on past the bad frame
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
 async def test_a_forged_direction_parameter_is_ignored_and_the_call_is_metered_as_the_webhook_said(
-    tmp_path: Path, emulator: RealtimeEmulator
+    tmp_path: Path, emulator: RealtimeEmulator, request: pytest.FixtureRequest, database: str
 ) -> None:
-    settings = make_settings(tmp_path, realtime_url=emulator.url, budget_per_call_usd=5.0)
+    """The forged value is longer than the archive's direction column (PostgreSQL enforces it): it never
+    reaches the meter or the archive, only the mismatch event that records it."""
+    database_url = request.getfixturevalue("postgres_url") if database == "postgres" else None
+    settings = make_settings(tmp_path, realtime_url=emulator.url, budget_per_call_usd=5.0, database_url=database_url)
     forged = "outbound-but-really-something-else"
     async with serve(settings) as base:
-        sid, token = await open_call(base, 43)  # an inbound call, as the signed webhook says
+        sid, token = await open_call(base, uuid.uuid4().int % (1 << 90))  # inbound, as the signed webhook says
         async with TwilioStream.open(
             base, call_sid=sid, token=token, custom={"direction": forged}, auto_ack=True
         ) as tw:

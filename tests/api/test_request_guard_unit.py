@@ -38,3 +38,26 @@ def test_the_failure_table_is_bounded() -> None:
     for i, client in enumerate(["a", "b", "c", "d"]):
         budget.failed(client, float(i))
     assert len(budget._failures) == 3 and "a" not in budget._failures
+
+
+async def test_a_failed_key_is_logged_with_its_id_and_client_and_never_its_secret() -> None:
+    import httpx
+    from structlog.testing import capture_logs
+
+    from app.http_guard import RequestGuard
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("an unauthenticated request must not reach the app")
+
+    async def authenticate(token: str) -> None:
+        return None  # no such key
+
+    guard = RequestGuard(app, authenticate=authenticate, small_body_bytes=SMALL, bulk_body_bytes=BULK)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=guard, client=("203.0.113.7", 4711))
+    async with httpx.AsyncClient(transport=transport, base_url="http://sb.test") as client:
+        with capture_logs() as logs:
+            response = await client.get("/api/v1/campaigns", headers={"Authorization": "Bearer sb_k3y1d_s3cr3t"})
+    assert response.status_code == 401
+    (entry,) = [e for e in logs if e["event"] == "auth.failed"]
+    assert (entry["key_id"], entry["client"], entry["path"]) == ("k3y1d", "203.0.113.7", "/api/v1/campaigns")
+    assert "s3cr3t" not in str(entry)

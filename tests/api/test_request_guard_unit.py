@@ -52,7 +52,7 @@ async def test_a_failed_key_is_logged_with_its_id_and_client_and_never_its_secre
     async def authenticate(token: str) -> None:
         return None  # no such key
 
-    guard = RequestGuard(app, authenticate=authenticate, small_body_bytes=SMALL, bulk_body_bytes=BULK)  # type: ignore[arg-type]
+    guard = RequestGuard(app, authenticate=authenticate, small_body_bytes=SMALL, bulk_body_bytes=BULK)
     transport = httpx.ASGITransport(app=guard, client=("203.0.113.7", 4711))
     async with httpx.AsyncClient(transport=transport, base_url="http://sb.test") as client:
         with capture_logs() as logs:

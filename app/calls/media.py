@@ -973,6 +973,11 @@ class CallSession:
             self.final = False
             self.end_reason = "taken over by another stream"
             rt.metrics.streams_taken_over.inc()
+        # Nothing listens to the model any more: its session closes before anything else is waited for
+        # (a hang-up's REST call, an opt-out's retries), so it costs nothing while the call winds down.
+        self.phase = "finishing: closing Realtime"
+        if self.upstream is not None:
+            await self.upstream.close()
         self.phase = "finishing: waiting for its tasks"
         pending = list(self._tasks)
         if pending:
@@ -985,9 +990,6 @@ class CallSession:
             tail: list[Command] = []
             bridge.finish(tail)
             await self._execute([c for c in tail if isinstance(c, SaveTranscript | RecordCallEvent)])
-        self.phase = "finishing: closing Realtime"
-        if self.upstream is not None:
-            await self.upstream.close()
         rt.metrics.frames_in.inc(bridge.frames_in)
         if self.final:
             rt.metrics.calls_ended.labels(self.status).inc()

@@ -88,3 +88,9 @@ class EmulatorConfig:
     greeting_text: str = "Hello! Thanks for calling. How can I help you today?"
     tool_followup_text: str = "All right, that's done. Is there anything else I can help with?"
     idle_prompt_text: str = "Are you still there?"
+    chat_first_token_delay_s: float = 0.0
+    """Cascaded engine, chat completions: from the request to the first content chunk."""
+    chat_tokens_per_s: float = 0.0
+    """Cascaded engine: a word per token at this rate after the first (0: as fast as the socket takes)."""
+    speech_first_bytes_delay_s: float = 0.0
+    """Cascaded engine, speech: from the request to the first audio bytes."""

@@ -113,6 +113,30 @@ def _reject_unknown(obj: dict[str, Any], allowed: frozenset[str] | set[str], pre
             raise RequestError("unknown_parameter", f"Unknown parameter: '{prefix}.{key}'.", f"{prefix}.{key}")
 
 
+TRANSCRIPTION_SESSION_KEYS = frozenset({"type", "audio", "include"})
+INCLUDE_VALUES = frozenset({"item.input_audio_transcription.logprobs"})
+
+
+def default_transcription_session(*, session_id: str, lifetime_s: int = 3600) -> dict[str, Any]:
+    """The session object of a transcription session's session.created (``?intent=transcription``):
+    audio in, transcripts out, no model answering (RealtimeTranscriptionSessionCreateResponse)."""
+    return {
+        "type": "transcription",
+        "object": "realtime.transcription_session",
+        "id": session_id,
+        "expires_at": int(time.time()) + lifetime_s,
+        "include": None,
+        "audio": {
+            "input": {
+                "format": dict(PCM_FORMAT),
+                "transcription": None,
+                "noise_reduction": None,
+                "turn_detection": dict(SERVER_VAD_DEFAULTS),
+            }
+        },
+    }
+
+
 def default_session(*, session_id: str, model: str, lifetime_s: int = 3600) -> dict[str, Any]:
     """The session object of session.created before any update."""
     return {
@@ -311,12 +335,27 @@ def apply_session_update(current: dict[str, Any], update: Any) -> dict[str, Any]
     _expect(session, dict, "session", "an object")
     if "type" not in session:
         raise RequestError("missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type")
-    if session["type"] != "realtime":
-        raise _invalid("session.type", session["type"], "'realtime' (this is a realtime session)")
-    _reject_unknown(session, SESSION_KEYS, "session")
+    kind = current.get("type", "realtime")
+    if session["type"] != kind:
+        raise _invalid("session.type", session["type"], f"'{kind}' (this is a {kind} session)")
+    _reject_unknown(session, SESSION_KEYS if kind == "realtime" else TRANSCRIPTION_SESSION_KEYS, "session")
     out = copy.deepcopy(current)
     for key, value in session.items():
         if key == "type":
+            continue
+        if kind == "transcription":  # audio in, transcripts out: nothing about a model answering
+            if key == "include":
+                if value is not None:
+                    _expect(value, list, "session.include", "an array")
+                    for entry in value:
+                        if entry not in INCLUDE_VALUES:
+                            raise _invalid("session.include", entry, "'item.input_audio_transcription.logprobs'")
+                out[key] = copy.deepcopy(value)
+            else:  # audio
+                _expect(value, dict, "session.audio", "an object")
+                _reject_unknown(value, {"input"}, "session.audio")
+                if "input" in value:
+                    out["audio"]["input"] = _validate_input(value["input"], out["audio"]["input"])
             continue
         if key in ("model", "instructions"):
             _expect(value, str, f"session.{key}", "a string")

@@ -1,7 +1,8 @@
 """A local OpenAI Realtime API (GA) emulator over a real WebSocket.
 
 Reached like the real service: ``AsyncOpenAI(websocket_base_url=emulator.url).realtime.connect(
-model=...)`` opens ``/v1/realtime?model=...`` with ``Authorization: Bearer ...``. Spec:
+model=...)`` opens ``/v1/realtime?model=...`` with ``Authorization: Bearer ...``; ``connect(extra_query=
+{"intent": "transcription"})`` (no model) opens a transcription session, as the cascaded engine does. Spec:
 /work/shared/PROTOCOLS.md, "OpenAI Realtime API, GA interface".
 """
 
@@ -128,8 +129,12 @@ class RealtimeEmulator:
 
     async def _handle(self, ws: ServerConnection) -> None:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+        transcription = (query.get("intent") or [""])[0] == "transcription" and "model" not in query
         model = (query.get("model") or [DEFAULT_MODEL])[0]
-        session = EmulatedSession(ws, self.config, model=model, synth=self._synth, record_audio=self._record_audio)
+        session = EmulatedSession(
+            ws, self.config, model=model, synth=self._synth, record_audio=self._record_audio,
+            transcription=transcription,
+        )  # fmt: skip
         async with self._new_session:
             self._sessions.append(session)
             self._session_count += 1

@@ -31,6 +31,7 @@ from app.emulator.schema import (
     RequestError,
     apply_session_update,
     default_session,
+    default_transcription_session,
     new_id,
     validate_item,
     validate_response_params,
@@ -44,6 +45,10 @@ EventPredicate = Callable[[dict[str, Any]], bool]
 INPUT_AUDIO_TOKENS_PER_S = 10
 OUTPUT_AUDIO_TOKENS_PER_S = 20
 MIN_COMMIT_MS = 100
+# What a transcription session takes: its configuration and the input audio buffer.
+TRANSCRIPTION_EVENTS = frozenset(
+    {"session.update", "input_audio_buffer.append", "input_audio_buffer.commit", "input_audio_buffer.clear"}
+)
 _QUOTED = re.compile(r"[\"“”]([^\"“”]{2,})[\"“”]")
 _GREETING = re.compile(r"\b(greet|greeting|hello|welcome)", re.IGNORECASE)
 _CLIENT_EVENTS = (
@@ -171,11 +176,17 @@ class EmulatedSession:
         model: str,
         synth: SpeechSynth,
         record_audio: bool = True,
+        transcription: bool = False,
     ) -> None:
         self.id = new_id("sess")
         self.model = model
-        self.session_config: dict[str, Any] = default_session(
-            session_id=self.id, model=model, lifetime_s=config.faults.session_lifetime_s
+        self.transcription_only = transcription
+        """A transcription session (``?intent=transcription``): transcripts of the caller, no answers."""
+        lifetime_s = config.faults.session_lifetime_s
+        self.session_config: dict[str, Any] = (
+            default_transcription_session(session_id=self.id, lifetime_s=lifetime_s)
+            if transcription
+            else default_session(session_id=self.id, model=model, lifetime_s=lifetime_s)
         )
         self._received = EventLog()
         self._sent = EventLog()
@@ -405,6 +416,15 @@ class EmulatedSession:
                 event_id=client_event_id,
             )
             return
+        if self.transcription_only and event_type not in TRANSCRIPTION_EVENTS:
+            await self._error(
+                "invalid_value",
+                f"'{event_type}' is not supported in a transcription session: it transcribes audio, it does not "
+                "answer.",
+                param="type",
+                event_id=client_event_id,
+            )
+            return
         try:
             await handler(event)
         except RequestError as exc:
@@ -510,7 +530,7 @@ class EmulatedSession:
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": stopped.audio_end_ms, "item_id": item_id}
         )
         await self._commit_audio(item_id, stopped.audio_start_ms, stopped.audio_end_ms)
-        if td.get("create_response", True) and self._response is None:
+        if td.get("create_response", True) and self._response is None and not self.transcription_only:
             self._start_response({})
 
     async def _commit_audio(self, item_id: str, start_ms: int, end_ms: int, transcript: str | None = None) -> None:

@@ -82,6 +82,46 @@ def session_update(s: SessionSettings, *, event_id: str | None = None) -> bytes:
     return orjson.dumps(event)
 
 
+@dataclass(frozen=True, slots=True)
+class TranscriptionSettings:
+    """What a transcription session's session.update carries (the cascaded engine's speech-to-text)."""
+
+    model: str = "gpt-4o-mini-transcribe"
+    audio_format: AudioFormat = "pcm24k"
+    language: str | None = None
+    vad_threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+
+
+def transcription_session_update(s: TranscriptionSettings, *, event_id: str | None = None) -> bytes:
+    """GA session.update for a session opened with ``intent=transcription``: only audio input (format,
+    the transcription model, noise reduction, server VAD); nothing about answering."""
+    transcription: dict[str, Any] = {"model": s.model}
+    if s.language:
+        transcription["language"] = s.language
+    session = {
+        "type": "transcription",
+        "audio": {
+            "input": {
+                "format": _format(s.audio_format),
+                "transcription": transcription,
+                "noise_reduction": {"type": "near_field"},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": s.vad_threshold,
+                    "prefix_padding_ms": s.prefix_padding_ms,
+                    "silence_duration_ms": s.silence_duration_ms,
+                },
+            }
+        },
+    }
+    event: dict[str, Any] = {"type": "session.update", "session": session}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return orjson.dumps(event)
+
+
 _APPEND_PREFIX = b'{"type":"input_audio_buffer.append","audio":"'
 
 

@@ -46,6 +46,15 @@ class ModelPrices:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeechPrice:
+    """Text-to-speech: the gpt-4o TTS models are billed by audio output (quoted per minute here), the
+    older tts-1 models per character of input."""
+
+    per_minute: Decimal | None = None
+    per_million_characters: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PriceTable:
     version: str  # every cost record carries it
     source: str  # where the figures come from
@@ -53,10 +62,20 @@ class PriceTable:
     transcription_per_minute: Decimal  # USD per audio minute, for usage {"type": "duration", "seconds": s}
     transcription_tokens: ModelPrices | None  # for usage {"type": "tokens", ...}; None: not priced
     telephony_per_minute: Mapping[str, Decimal]  # direction -> USD per started minute
+    # The cascaded engine's speech stage: model -> its price, per audio minute or per 1M characters.
+    speech: Mapping[str, SpeechPrice] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def _d(text: str) -> Decimal:
     return Decimal(text)
+
+
+def _chat(text_in: str, text_cached_in: str, text_out: str) -> ModelPrices:
+    zero = Decimal(0)
+    return ModelPrices(
+        text_in=_d(text_in), text_cached_in=_d(text_cached_in), text_out=_d(text_out),
+        audio_in=zero, audio_cached_in=zero, audio_out=zero,
+    )  # fmt: skip
 
 
 _REALTIME = ModelPrices(
@@ -75,7 +94,10 @@ DEFAULT_PRICES = PriceTable(
         "Input transcription: gpt-4o-transcribe list prices, $0.006/min by duration; by tokens audio in $6, "
         "text in $2.50, text out $10 per 1M (operator to confirm). "
         "Telephony: Twilio US voice list prices, inbound $0.0085/min, outbound $0.014/min, per started "
-        "minute (operator to confirm against the account's rates)."
+        "minute (operator to confirm against the account's rates). "
+        "Cascaded engine: chat models per 1M tokens (gpt-4.1-mini $0.40/$0.10 cached/$1.60 out, gpt-4.1-nano "
+        "$0.10/$0.025/$0.40, gpt-4o-mini $0.15/$0.075/$0.60); speech gpt-4o-mini-tts ~$0.015 per audio minute "
+        "(its audio output tokens), tts-1 $15 and tts-1-hd $30 per 1M characters (operator to confirm)."
     ),
     models=MappingProxyType(
         {
@@ -89,6 +111,10 @@ DEFAULT_PRICES = PriceTable(
                 audio_cached_in=_d("0.30"),
                 audio_out=_d("20"),
             ),
+            # The cascaded engine's chat stage: text only (audio fields 0).
+            "gpt-4.1-mini": _chat("0.40", "0.10", "1.60"),
+            "gpt-4.1-nano": _chat("0.10", "0.025", "0.40"),
+            "gpt-4o-mini": _chat("0.15", "0.075", "0.60"),
             "gpt-realtime-2": ModelPrices(
                 text_in=_d("4"),
                 text_cached_in=_d("0.40"),
@@ -110,13 +136,20 @@ DEFAULT_PRICES = PriceTable(
         audio_out=_d("0"),
     ),
     telephony_per_minute=MappingProxyType({"inbound": _d("0.0085"), "outbound": _d("0.014")}),
+    speech=MappingProxyType(
+        {
+            "gpt-4o-mini-tts": SpeechPrice(per_minute=_d("0.015")),
+            "tts-1": SpeechPrice(per_million_characters=_d("15")),
+            "tts-1-hd": SpeechPrice(per_million_characters=_d("30")),
+        }
+    ),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Cost:
     micros: int
-    kind: str  # "response" | "transcription" | "telephony" | "estimate"
+    kind: str  # "response" | "transcription" | "telephony" | "estimate" | "chat" | "speech"
     detail: dict[str, int] = field(default_factory=dict)  # per component µ$; sums to micros
     price_version: str = ""
 
@@ -162,8 +195,9 @@ def _model_prices(value: Any, where: str, defaults: Mapping[str, Decimal] | None
 
 
 _TOP_LEVEL = frozenset(
-    {"version", "source", "models", "transcription_per_minute", "transcription_tokens", "telephony_per_minute"}
-)
+    {"version", "source", "models", "transcription_per_minute", "transcription_tokens", "telephony_per_minute",
+     "speech"}
+)  # fmt: skip
 
 
 def load_price_table(data: Mapping[str, Any], *, base: PriceTable = DEFAULT_PRICES) -> PriceTable:
@@ -218,6 +252,14 @@ def load_price_table(data: Mapping[str, Any], *, base: PriceTable = DEFAULT_PRIC
             raise ValueError(f"telephony_per_minute: unknown direction {direction!r} (expected {list(DIRECTIONS)})")
         telephony[direction] = _price(rate, f"telephony_per_minute.{direction}")
 
+    speech = dict(base.speech)
+    for name, raw_price in _object(obj.get("speech", {}), "speech").items():
+        price = _object(raw_price, f"speech.{name}")
+        units = sorted(set(price))
+        if units not in (["per_minute"], ["per_million_characters"]):
+            raise ValueError(f"speech.{name}: give exactly one of 'per_minute' and 'per_million_characters'")
+        speech[name] = SpeechPrice(**{units[0]: _price(price[units[0]], f"speech.{name}.{units[0]}")})
+
     return PriceTable(
         version=version.strip(),
         source=source,
@@ -225,6 +267,7 @@ def load_price_table(data: Mapping[str, Any], *, base: PriceTable = DEFAULT_PRIC
         transcription_per_minute=per_minute,
         transcription_tokens=tokens,
         telephony_per_minute=MappingProxyType(telephony),
+        speech=MappingProxyType(speech),
     )
 
 
@@ -357,6 +400,37 @@ def transcription_cost(usage: Mapping[str, Any], table: PriceTable) -> Cost:
     if input_tokens - audio - text > 0:
         detail["other_in"] = _tokens(prices.audio_in, input_tokens - audio - text)
     return _cost("transcription", detail, table)
+
+
+def chat_cost(usage: Mapping[str, Any], model: str, table: PriceTable) -> Cost:
+    """The cost of one chat completion from its usage (the last chunk of a stream with
+    ``include_usage``): prompt tokens, the cached ones at the cached rate, and completion tokens."""
+    prices = _model(model, table)
+    prompt = _count(usage, "prompt_tokens", "usage")
+    cached = min(prompt, _count(_sub(usage, "prompt_tokens_details"), "cached_tokens", "prompt_tokens_details"))
+    detail = {
+        "text_in": _tokens(prices.text_in, prompt - cached),
+        "text_cached_in": _tokens(prices.text_cached_in, cached),
+        "text_out": _tokens(prices.text_out, _count(usage, "completion_tokens", "usage")),
+    }
+    return _cost("chat", detail, table)
+
+
+def speech_cost(model: str, *, characters: int, audio_seconds: float, table: PriceTable) -> Cost:
+    """The cost of one speech request: by the audio it made (gpt-4o TTS models) or by the characters it
+    was given (tts-1)."""
+    price = table.speech.get(model)
+    if price is None:
+        raise ValueError(
+            f"no speech price for model {model!r} in price table {table.version} (known: {sorted(table.speech)})"
+        )
+    if price.per_minute is not None:
+        amount = _seconds(audio_seconds, "audio_seconds") * price.per_minute * MICROS_PER_DOLLAR / 60
+        return _cost("speech", {"speech_audio": _micros(amount)}, table)
+    assert price.per_million_characters is not None
+    if characters < 0:
+        raise ValueError(f"characters cannot be negative, got {characters}")
+    return _cost("speech", {"speech_characters": _tokens(price.per_million_characters, characters)}, table)
 
 
 def telephony_cost(seconds: float, direction: str, table: PriceTable) -> Cost:

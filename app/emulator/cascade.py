@@ -205,9 +205,14 @@ class CascadeStages:
 
     async def _audio(self, record: StageRequest, text: str) -> AsyncIterator[bytes]:
         config = self.config
+        # The voice is rendered while the stage's delay runs: the first bytes leave after the delay, not
+        # after the delay and our own rendering.
+        render = asyncio.ensure_future(
+            self.synth.render(text, rate=SPEECH_RATE, synthetic_ms=config.audio_ms_per_char * len(text))
+        )
         try:
             await asyncio.sleep(config.speech_first_bytes_delay_s)
-            pcm = await self.synth.render(text, rate=SPEECH_RATE, synthetic_ms=config.audio_ms_per_char * len(text))
+            pcm = await render
             data = pcm.astype("<i2").tobytes()
             step = SPEECH_RATE * 2 * SPEECH_CHUNK_MS // 1000
             for offset in range(0, len(data), step):
@@ -217,6 +222,7 @@ class CascadeStages:
             record.cancelled = True
             raise
         finally:
+            render.cancel()
             record.ended_at = time.monotonic()
             record.finished.set()
 

@@ -124,3 +124,25 @@ async def test_a_client_that_goes_away_mid_answer_is_recorded_as_a_cancel(
     (record,) = emulated.chats
     await asyncio.wait_for(record.finished.wait(), 10)
     assert record.cancelled and 0 < len(record.sent) < 10
+
+
+async def test_the_voice_is_rendered_while_the_first_bytes_delay_runs() -> None:
+    """The stage's delay is the whole wait for the first bytes: rendering does not come on top of it."""
+    rendering = asyncio.Event()
+
+    class RecordingSynth(SpeechSynth):
+        async def render(self, text: str, *, rate: int, synthetic_ms: float):  # type: ignore[no-untyped-def]
+            rendering.set()
+            return await super().render(text, rate=rate, synthetic_ms=synthetic_ms)
+
+    config = EmulatorConfig(tts="synthetic", speech_first_bytes_delay_s=30.0)
+    emulated = CascadeStages(config, RecordingSynth(mode="synthetic"))
+    async with serve_asgi(emulated.app) as base:
+        client = AsyncOpenAI(api_key="test-key", base_url=f"{base}/v1", max_retries=0)
+        request = asyncio.create_task(
+            client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hello.", response_format="pcm")
+        )
+        await asyncio.wait_for(rendering.wait(), 10)  # long before the 30 s delay is over
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+        await client.close()

@@ -226,7 +226,6 @@ class _Turn:
     number: int
     speech_end_ms: int | None
     clauses: dict[int, _Clause] = field(default_factory=dict)
-    first_clause: int = 0
     next_out: int = 0  # the clause whose audio goes out now
     stages: set[str] = field(default_factory=set)
     answer_index: int | None = None  # the history entry of the answer's final words, once the chat ended
@@ -473,7 +472,7 @@ class CascadeSequencer:
     def _add_clause(self, turn: _Turn, text: str, out: list[Command]) -> None:
         self._clauses += 1
         if not turn.clauses:
-            turn.first_clause = turn.next_out = self._clauses
+            turn.next_out = self._clauses
         turn.clauses[self._clauses] = _Clause(text)
         self._request_speech(turn, out)
 

@@ -79,14 +79,9 @@ class CascadeStages:
     # -- chat --------------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        if not request.headers.get("authorization", "").lower().startswith("bearer "):
-            return _invalid("You didn't provide an API key.", status=401)
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return _invalid("We could not parse the JSON body of your request.")
-        if not isinstance(body, dict):
-            return _invalid("The request body must be a JSON object.")
+        body = await _authorised_json(request)
+        if isinstance(body, JSONResponse):
+            return body
         refused = _check_chat(body)
         if refused is not None:
             return refused
@@ -176,14 +171,9 @@ class CascadeStages:
     # -- speech ------------------------------------------------------------------------------
 
     async def speech(self, request: Request) -> Response:
-        if not request.headers.get("authorization", "").lower().startswith("bearer "):
-            return _invalid("You didn't provide an API key.", status=401)
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return _invalid("We could not parse the JSON body of your request.")
-        if not isinstance(body, dict):
-            return _invalid("The request body must be a JSON object.")
+        body = await _authorised_json(request)
+        if isinstance(body, JSONResponse):
+            return body
         unknown = sorted(set(body) - SPEECH_KEYS)
         if unknown:
             return _invalid(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
@@ -225,6 +215,19 @@ class CascadeStages:
             render.cancel()
             record.ended_at = time.monotonic()
             record.finished.set()
+
+
+async def _authorised_json(request: Request) -> dict[str, Any] | JSONResponse:
+    """The request's JSON object, or the refusal the real API gives: no key, or a body that is not one."""
+    if not request.headers.get("authorization", "").lower().startswith("bearer "):
+        return _invalid("You didn't provide an API key.", status=401)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return _invalid("We could not parse the JSON body of your request.")
+    if not isinstance(body, dict):
+        return _invalid("The request body must be a JSON object.")
+    return body
 
 
 def _text_of(message: dict[str, Any]) -> str:

@@ -117,6 +117,16 @@ TRANSCRIPTION_SESSION_KEYS = frozenset({"type", "audio", "include"})
 INCLUDE_VALUES = frozenset({"item.input_audio_transcription.logprobs"})
 
 
+def _default_input() -> dict[str, Any]:
+    """A new session's audio input, either kind: PCM 24 kHz, no transcription, server VAD."""
+    return {
+        "format": dict(PCM_FORMAT),
+        "transcription": None,
+        "noise_reduction": None,
+        "turn_detection": dict(SERVER_VAD_DEFAULTS),
+    }
+
+
 def default_transcription_session(*, session_id: str, lifetime_s: int = 3600) -> dict[str, Any]:
     """The session object of a transcription session's session.created (``?intent=transcription``):
     audio in, transcripts out, no model answering (RealtimeTranscriptionSessionCreateResponse)."""
@@ -126,14 +136,7 @@ def default_transcription_session(*, session_id: str, lifetime_s: int = 3600) ->
         "id": session_id,
         "expires_at": int(time.time()) + lifetime_s,
         "include": None,
-        "audio": {
-            "input": {
-                "format": dict(PCM_FORMAT),
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": dict(SERVER_VAD_DEFAULTS),
-            }
-        },
+        "audio": {"input": _default_input()},
     }
 
 
@@ -158,12 +161,7 @@ def default_session(*, session_id: str, model: str, lifetime_s: int = 3600) -> d
         "expires_at": int(time.time()) + lifetime_s,
         "include": None,
         "audio": {
-            "input": {
-                "format": dict(PCM_FORMAT),
-                "transcription": None,
-                "noise_reduction": None,
-                "turn_detection": dict(SERVER_VAD_DEFAULTS),
-            },
+            "input": _default_input(),
             "output": {"format": dict(PCM_FORMAT), "voice": "marin", "speed": 1.0},
         },
     }

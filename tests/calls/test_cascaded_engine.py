@@ -8,7 +8,6 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 
 from app.adapters.openai_cascade import ChatStage, SpeechStage, TranscriptionConnector
@@ -19,22 +18,12 @@ from app.emulator.audio import SpeechSynth
 from app.emulator.cascade import CascadeStages
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
+from tests.emulator.helpers import silence, voiced
 from tests.support import serve_asgi
 
 pytestmark = pytest.mark.asyncio
 
 GREETING = "Thanks for calling Acme Dental."
-RATE = 24_000
-
-
-def voiced(ms: int) -> bytes:
-    t = np.arange(RATE * ms // 1000) / RATE
-    wave = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 6))
-    return np.asarray(wave * 8000, dtype=np.int16).tobytes()
-
-
-def silence(ms: int) -> bytes:
-    return bytes(RATE * ms // 1000 * 2)
 
 
 @dataclass
@@ -115,7 +104,7 @@ async def test_the_greeting_then_an_answer_spoken_clause_by_clause_from_what_the
     caller = rig.caller
     await caller.until(lambda: bool(caller.said(1)))
     assert caller.said(1) == [seq.AgentSaid(1, GREETING, interrupted=False)]
-    await speak(rig.engine, voiced(800) + silence(900))
+    await speak(rig.engine, voiced(800).tobytes() + silence(900).tobytes())
     await caller.until(lambda: bool(caller.said(2)))
     answer = "We open at nine. We close at six. See you soon."
     assert caller.said(2) == [seq.AgentSaid(2, answer, interrupted=False)]
@@ -133,10 +122,10 @@ async def test_a_barge_in_cancels_the_streams_upstream_flushes_playback_and_keep
     caller, stages = rig.caller, rig.stages
     await caller.until(lambda: bool(caller.said(1)))
     stages.config.chat_tokens_per_s = 10  # the answer is still streaming when the caller speaks again
-    await speak(rig.engine, voiced(800) + silence(900))
+    await speak(rig.engine, voiced(800).tobytes() + silence(900).tobytes())
     await caller.until(lambda: len(caller.played[2]) > 0)
     caller.heard = 500
-    await speak(rig.engine, voiced(600) + silence(900))
+    await speak(rig.engine, voiced(600).tobytes() + silence(900).tobytes())
     await caller.until(lambda: bool(caller.said(2)))
     (interrupted,) = caller.said(2)
     assert interrupted.interrupted and caller.cleared == [2]

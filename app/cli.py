@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -139,16 +139,83 @@ def create_api_key_cmd(
     settings = Settings()
 
     async def run() -> str:
+        from app.archive import review
+
         engine = make_engine(settings.effective_database_url)
         try:
             async with make_sessionmaker(engine)() as session:
-                return await create_api_key(
-                    session, role=role_value, name=name, now=utcnow(), grants=tuple(grant or ())
-                )
+                key = await create_api_key(session, role=role_value, name=name, now=utcnow(), grants=tuple(grant or ()))
+                await review.audit(session, None, "create_key", target=key.split("_")[1],
+                                   detail={"role": role_value.value, "name": name, "grants": grant or []}, via="cli")  # fmt: skip
+                return key
         finally:
             await engine.dispose()
 
-    typer.echo(asyncio.run(run()))
+    key = asyncio.run(run())
+    grants = f", grants {', '.join(grant)}" if grant else ""
+    typer.echo(f"API key for {name!r}: role {role_value.value}{grants}, id {key.split('_')[1]}")
+    typer.echo(key)
+    typer.echo("Store it now: it is shown this once (only its hash is kept). Sign in to the console with it, or send")
+    typer.echo("it as 'Authorization: Bearer <key>'. Revoke it with: switchboard keys revoke " + key.split("_")[1])
+
+
+keys_cli = typer.Typer(help="List and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _keys_session() -> Any:
+    from app.db import make_engine, make_sessionmaker
+    from app.models import import_all_models
+
+    import_all_models()
+    engine = make_engine(Settings().effective_database_url)
+    return engine, make_sessionmaker(engine)
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """Every key: id, role, grants, name, created, revoked (never a secret)."""
+    from app.auth.keys import list_keys
+
+    async def run() -> list[Any]:
+        engine, sessionmaker = _keys_session()
+        try:
+            async with sessionmaker() as session:
+                return await list_keys(session)
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(run())
+    typer.echo(f"{'id':<14}{'role':<12}{'grants':<26}{'created (UTC)':<18}{'revoked (UTC)':<18}name")
+    for row in rows:
+        revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M") if row.revoked_at else "-"
+        typer.echo(f"{row.key_id:<14}{row.role:<12}{','.join(row.grants or []) or '-':<26}"
+                   f"{row.created_at.strftime('%Y-%m-%d %H:%M'):<18}{revoked:<18}{row.name}")  # fmt: skip
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (the part after sb_)")]) -> None:
+    """Revoke a key at once: its requests get 401 and a console session it opened is signed out."""
+    from app.archive import review
+    from app.auth.keys import revoke_key, utcnow
+
+    async def run() -> Any:
+        engine, sessionmaker = _keys_session()
+        try:
+            async with sessionmaker() as session:
+                row = await revoke_key(session, key_id, now=utcnow())
+                if row is not None:
+                    await review.audit(session, None, "revoke_key", target=key_id,
+                                       detail={"role": row.role, "name": row.name}, via="cli")  # fmt: skip
+                return row
+        finally:
+            await engine.dispose()
+
+    row = asyncio.run(run())
+    if row is None:
+        typer.echo(f"no API key {key_id!r} (switchboard keys list shows them)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id} ({row.role}, {row.name!r}) at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 @cli.command()
@@ -179,12 +246,21 @@ def dialer() -> None:
 def emulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8765,
+    stages_port: Annotated[
+        int | None, typer.Option(help="Also serve the cascaded engine's chat and speech stages here (HTTP)")
+    ] = None,
 ) -> None:
-    """Run the local OpenAI Realtime (GA) emulator."""
+    """Run the local OpenAI Realtime (GA) emulator (and transcription sessions; with --stages-port, the
+    cascaded engine's chat completions and speech too)."""
     from app.emulator.server import EmulatorConfig, serve_forever
+    from app.observability import configure_logging
 
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)  # its log lines as the server's: JSON by default
     typer.echo(f"Realtime emulator on ws://{host}:{port}/v1")
-    asyncio.run(serve_forever(host, port, EmulatorConfig()))
+    if stages_port is not None:
+        typer.echo(f"Chat and speech stages on http://{host}:{stages_port}/v1")
+    asyncio.run(serve_forever(host, port, EmulatorConfig(), stages_port))
 
 
 @cli.command("simulate-call")
@@ -193,16 +269,41 @@ def simulate_call_cmd(
     say: Annotated[list[str] | None, typer.Option(help="Caller words, one turn per --say")] = None,
     server: Annotated[str, typer.Option(help="Where the server listens")] = "http://127.0.0.1:8000",
     out: Annotated[Path, typer.Option(help="Where to save the agent's audio")] = Path("var/agent.wav"),
-    max_duration: Annotated[float, typer.Option(help="Seconds before hanging up")] = 30.0,
+    max_duration: Annotated[
+        float, typer.Option(help="Seconds before the caller hangs up whatever happens (the summary says so)")
+    ] = 120.0,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="realtime or cascaded: run a whole Switchboard here on the emulator (no server, no key)"),
+    ] = None,
+    dtmf: Annotated[
+        list[str] | None, typer.Option(help="Press a key: DIGIT@SECONDS from the stream's start, repeatable (9@4.5)")
+    ] = None,
+    emulator: Annotated[
+        str, typer.Option(help="The emulator to tell the caller's words to, so its transcript holds them")
+    ] = "ws://127.0.0.1:8765/v1",
 ) -> None:
-    """Play Twilio against a running server: signed webhook, media stream, marks; print the transcript."""
+    """Play Twilio against a running server (or, with --engine, one started here on the emulator): signed
+    webhook, media stream, marks, keys pressed; print the transcript."""
     from app.simulator.cli import run_simulated_call
 
-    raise typer.Exit(
-        asyncio.run(
-            run_simulated_call(Settings(), wav=wav, say=say or [], server=server, out=out, max_duration_s=max_duration)
-        )
-    )
+    if engine is not None and engine not in ("realtime", "cascaded"):
+        raise typer.BadParameter("realtime or cascaded", param_hint="--engine")
+    presses: list[tuple[float, str]] = []
+    for item in dtmf or []:
+        digit, _, at = item.partition("@")
+        try:
+            seconds = float(at)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r}: DIGIT@SECONDS, e.g. 9@4.5", param_hint="--dtmf") from None
+        if len(digit) != 1 or digit not in "0123456789*#" or not 0 <= seconds <= max_duration:
+            raise typer.BadParameter(f"{item!r}: one of 0-9 * #, at a time within the call", param_hint="--dtmf")
+        presses.append((seconds, digit))
+    run = run_simulated_call(
+        Settings(), wav=wav, say=say or [], server=server, out=out, max_duration_s=max_duration, engine=engine,
+        dtmf=presses, emulator=emulator,
+    )  # fmt: skip
+    raise typer.Exit(asyncio.run(run))
 
 
 def main() -> None:

@@ -43,6 +43,8 @@ def body_limit(path: str, *, small: int, bulk: int) -> int:
     """The most bytes a request to ``path`` may send."""
     if path in _BULK_PATHS or (path.startswith("/api/v1/campaigns/") and path.endswith(_BULK_SUFFIXES)):
         return bulk
+    if path.startswith("/console/campaigns/") and path.endswith("/import"):  # the console's contacts upload
+        return bulk
     return small
 
 

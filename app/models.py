@@ -7,4 +7,5 @@ def import_all_models() -> None:
     import app.archive.models
     import app.auth.models
     import app.budget.models
-    import app.dialer.models  # noqa: F401
+    import app.dialer.models
+    import app.results.models  # noqa: F401

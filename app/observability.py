@@ -58,6 +58,14 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+        self.turn_stage_seconds = Histogram(
+            "switchboard_turn_stage_seconds",
+            "Per caller turn, from the end of the caller's speech to each stage: transcript, chat_first_token, "
+            "speech_first_bytes (cascaded engine), first_audio (both engines)",
+            ["engine", "stage"],
+            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+            registry=r,
+        )
         self.upstream_connect_seconds = Histogram(
             "switchboard_upstream_connect_seconds", "Time to open a Realtime session", registry=r
         )

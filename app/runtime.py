@@ -19,11 +19,14 @@ from app.adapters.openai_realtime import RealtimeConnector
 from app.adapters.twilio_rest import TwilioRest
 from app.adapters.twilio_signatures import WebhookSignatures
 from app.budget.service import Budget
+from app.calls.cascaded import CascadeStages
 from app.calls.live import TakeoverListener
 from app.calls.tools import ToolRegistry
 from app.core.bridge import BridgeConfig
+from app.core.cascade_call import CascadeConfig
 from app.dialer.policy import Jurisdiction
 from app.observability import Metrics
+from app.recording.storage import RecordingStore
 from app.settings import Settings
 
 log = structlog.get_logger()
@@ -45,7 +48,12 @@ class Runtime:
     twilio_signatures: WebhookSignatures
     jurisdiction: Jurisdiction
     budget: Budget
+    cascade: CascadeStages  # the cascaded engine's three stages (clients made once; they connect lazily)
+    cascade_config: CascadeConfig
+    chat_tools: list[dict[str, Any]]  # the tools as the chat model takes them
+    recordings: RecordingStore
     redact: Callable[[str], str] | None = None  # transcript redaction, when configured
+    post_call: Any = None  # the node's post-call worker (app.results.worker.PostCallWorker), once started
     sessions: dict[str, Any] = field(default_factory=dict)  # call sid -> its CallSession on this node
     draining: bool = False  # SIGTERM received: not ready; active calls finish or are handed over
     sessions_changed: asyncio.Event = field(default_factory=asyncio.Event)  # set when a session ends

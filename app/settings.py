@@ -43,6 +43,38 @@ class Settings(BaseSettings):
     resampler: Literal["fir", "soxr"] = "fir"
     resample_quality: Literal["LQ", "MQ", "HQ", "VHQ"] = "HQ"
 
+    # Which engine answers calls: realtime (one speech-to-speech session) or cascaded (speech-to-text ->
+    # chat model -> text-to-speech, each stage its own OpenAI-compatible server). A campaign may choose its own.
+    engine: Literal["realtime", "cascaded"] = "realtime"
+    # Cascaded engine stages. Unset URLs and keys: OpenAI's, with OPENAI_API_KEY (the transcription session
+    # at OPENAI_REALTIME_URL). Any server speaking the same API will do (a local Whisper, vLLM, Ollama, Kokoro).
+    stt_url: str | None = None  # a Realtime WebSocket base URL serving transcription sessions
+    stt_api_key: SecretStr | None = None
+    stt_model: str = "gpt-4o-mini-transcribe"
+    stt_language: str | None = None
+    chat_base_url: str = "https://api.openai.com/v1"
+    chat_api_key: SecretStr | None = None
+    chat_model: str = "gpt-4.1-mini"
+    tts_base_url: str = "https://api.openai.com/v1"
+    tts_api_key: SecretStr | None = None
+    tts_model: str = "gpt-4o-mini-tts"
+    tts_voice: str | None = None  # None: AGENT_VOICE
+
+    # Recordings: off, on (recorded where no candidate state needs every party's consent), or announce (the
+    # agent's first words say the call is recorded, and it is). app/recording/consent.py holds the states.
+    recording: Literal["off", "on", "announce"] = "off"
+    recording_store: Literal["directory", "s3"] = "directory"  # directory: DATA_DIR/recordings
+    recording_s3_bucket: str | None = None
+    recording_s3_endpoint_url: str | None = None  # unset: AWS; else any S3-compatible server
+    recording_s3_region: str = "us-east-1"
+    recording_s3_access_key: SecretStr | None = None  # unset: the usual AWS credential chain
+    recording_s3_secret_key: SecretStr | None = None
+    # a part is written this often during the call: with the hold-back, what a node that dies loses at most
+    recording_segment_s: float = Field(default=0.5, gt=0)
+    # audio this recent waits (a redaction may yet come); with REDACT_TRANSCRIPTS, at least 0.5 s, and caller
+    # speech waits for its transcript
+    recording_holdback_s: float = Field(default=0.0, ge=0)
+
     # State
     redis_url: str | None = None
     # Connections per process to Redis. A command waits up to REDIS_POOL_TIMEOUT_S for a free one rather
@@ -85,11 +117,26 @@ class Settings(BaseSettings):
     budget_runaway_margin: float = 0.1  # past a cap by this fraction, a call is cut without waiting
     price_table_file: Path | None = None  # JSON overriding the built-in 2026 list prices
 
+    # Post-call results (app.results): after a call is archived, the chat model (CHAT_BASE_URL) writes a
+    # summary and fills in the extraction schema (a campaign's, else POST_CALL_SCHEMA_FILE's, else the
+    # built-in one); the results go to the campaign's webhook, else POST_CALL_WEBHOOK_URL, signed.
+    post_call_results: bool = True
+    post_call_model: str | None = None  # None: CHAT_MODEL
+    post_call_schema_file: Path | None = None
+    post_call_webhook_url: str | None = None
+    post_call_webhook_secret: SecretStr | None = None
+    post_call_poll_s: float = Field(default=2.0, gt=0)  # how often a node looks for due jobs and deliveries
+    post_call_retry_base_s: float = Field(default=30.0, gt=0)  # a failed job waits this, x3 each time (6 tries)
+    webhook_retry_base_s: float = Field(default=10.0, gt=0)  # a failed delivery waits this, x3 each time, <= 1 h
+    webhook_retry_for_s: float = Field(default=24 * 3600.0, gt=0)  # then gives up
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
     # Supervisor review
     # Comma-separated patterns redacted from transcripts before they are stored anywhere (Redis, SQL):
     # any of card, ssn, email, cvv. Empty: off.
     redact_transcripts: str = ""
     transcript_retention_days: int | None = Field(default=None, ge=1)  # None: keep transcripts for ever
+    recording_retention_days: int | None = Field(default=None, ge=1)  # None: as long as the transcript
     retention_interval_s: float = 3600.0
     # Signs console session cookies; every node must share it. Unset: a random one kept in DATA_DIR.
     console_secret: SecretStr | None = None
@@ -129,8 +176,23 @@ class Settings(BaseSettings):
         "budget_per_day_usd",
         "price_table_file",
         "transcript_retention_days",
+        "recording_retention_days",
+        "post_call_model",
+        "post_call_schema_file",
+        "post_call_webhook_url",
+        "post_call_webhook_secret",
         "console_secret",
         "openai_api_key",
+        "stt_url",
+        "stt_api_key",
+        "stt_language",
+        "chat_api_key",
+        "tts_api_key",
+        "tts_voice",
+        "recording_s3_bucket",
+        "recording_s3_endpoint_url",
+        "recording_s3_access_key",
+        "recording_s3_secret_key",
         "stream_token_secret",
         "dialer_in_process",
         mode="before",
@@ -163,8 +225,22 @@ class Settings(BaseSettings):
         return [p.strip().lower() for p in value.split(",") if p.strip()]
 
     @property
+    def effective_recording_retention_days(self) -> int | None:
+        return (
+            self.recording_retention_days
+            if self.recording_retention_days is not None
+            else (self.transcript_retention_days)
+        )
+
+    @property
     def redaction_patterns(self) -> list[str]:
         return self.redaction_patterns_of(self.redact_transcripts)
+
+    @model_validator(mode="after")
+    def _webhook_signed(self) -> Settings:
+        if self.post_call_webhook_url is not None and self.post_call_webhook_secret is None:
+            raise ValueError("POST_CALL_WEBHOOK_URL needs POST_CALL_WEBHOOK_SECRET: deliveries are signed")
+        return self
 
     @model_validator(mode="after")
     def _no_dev_token_in_public(self) -> Settings:

@@ -12,6 +12,11 @@ of subfolders.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -113,3 +118,31 @@ class _CISkipGuard:
         )
         for entry in self.skipped:
             tr.line(f"  {entry}")
+
+
+@pytest.fixture(scope="session")
+def s3_url() -> Iterator[str]:
+    """An S3-compatible server for the whole session: moto's server mode (a real HTTP S3 API), on a free
+    loopback port, started from the test environment's Python; its readiness is its own "Running on" line."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if f"Running on http://127.0.0.1:{port}" in line:
+                break
+        else:
+            pytest.fail(f"moto's S3 server did not start (exit {server.wait()})")
+        # It logs a line per request: read them away, or a full pipe would stall the server.
+        threading.Thread(target=lambda: [None for _ in server.stderr or ()], daemon=True).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import respx
 import uvicorn
 import websockets
+from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection
 
@@ -53,6 +55,7 @@ def make_settings(tmp_path: Path, *, realtime_url: str, database_url: str | None
         "business_name": "Acme Dental",
         "data_dir": tmp_path,
         "log_json": False,
+        "post_call_results": False,  # a test that wants results says so (and where the chat model is)
     }
     values.update(overrides)
     settings = Settings(**values)
@@ -116,6 +119,7 @@ def server_process(
         "DATABASE_URL": settings.effective_database_url,
         "BUSINESS_NAME": settings.business_name,
         "LOG_LEVEL": "WARNING",
+        "POST_CALL_RESULTS": "false",
         **(extra_env or {}),
     }
     proc = subprocess.Popen(
@@ -443,3 +447,45 @@ async def metric(base: str, name: str) -> float:
     for match in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE):
         total += float(match.group(1))
     return total
+
+
+async def lines_stored(redis_url: str, sid: str, n: int) -> None:
+    """Wait, on Redis keyspace notifications, until the call has ``n`` transcript lines in Redis."""
+    redis = Redis.from_url(redis_url)
+    key = f"sb:call:{sid}:lines"
+    try:
+        await redis.config_set("notify-keyspace-events", "Kh")
+        async with redis.pubsub() as pubsub:
+            db = redis.connection_pool.connection_kwargs.get("db", 0)
+            await pubsub.subscribe(f"__keyspace@{db}__:{key}")
+            async with asyncio.timeout(10):
+                while await redis.hlen(key) < n:
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+    finally:
+        await redis.aclose()
+
+
+async def one_turn_call(base: str, emulator: Any, n: int, *, direction_params: dict[str, str] | None = None) -> str:
+    """A whole call through the server: the greeting heard, one caller turn and its answer heard, a hang-up.
+    ``emulator``: a fresh RealtimeEmulator (its first session serves the call)."""
+    sid, token = await open_call(base, n, direction_params=direction_params)
+    async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
+        session = await emulator.wait_for_session(0)
+        await agent_turn_played(tw, session, 0)
+        await say_turn(tw)
+        await agent_turn_played(tw, session, 1)
+        await tw.stop()
+        await tw.wait_closed()
+    return sid
+
+
+def twilio_call_route(mock: respx.MockRouter, sid: str) -> tuple[respx.Route, asyncio.Event]:
+    """Twilio's REST update of a call (a hang-up, a redirect), answered 200; the event is set when it came."""
+    called = asyncio.Event()
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        called.set()
+        return httpx.Response(200, json={"sid": sid, "status": "completed"})
+
+    route = mock.post(f"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json").mock(side_effect=reply)
+    return route, called

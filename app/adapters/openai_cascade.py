@@ -11,7 +11,7 @@ Any server that speaks these endpoints will do (a local Whisper or Kokoro server
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,14 +62,20 @@ class ChatStage:
         self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)
 
     async def stream(
-        self, messages: tuple[dict[str, Any], ...], tools: list[dict[str, Any]] | None = None
-    ) -> AsyncIterator[ChatPiece]:
+        self,
+        messages: tuple[dict[str, Any], ...],
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        max_tokens: int | None = None,
+    ) -> AsyncGenerator[ChatPiece, None]:
         """Text as it comes; each tool call once whole (its argument fragments joined); usage last. Closing
         the iterator early (``aclose``) closes the HTTP stream, which cancels the generation."""
         arguments: dict[str, Any] = {"model": self.model, "messages": list(messages), "stream": True,
                                      "stream_options": {"include_usage": True}}  # fmt: skip
         if tools:
             arguments["tools"] = tools
+        if max_tokens is not None:
+            arguments["max_completion_tokens"] = max_tokens
         stream = await self._client.chat.completions.create(**arguments)
         calls: dict[int, dict[str, str]] = {}
         try:
@@ -111,7 +117,7 @@ class SpeechStage:
         self.instructions = instructions
         self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)
 
-    async def stream(self, text: str) -> AsyncIterator[bytes]:
+    async def stream(self, text: str) -> AsyncGenerator[bytes, None]:
         """The audio as it arrives, in whole samples (an odd byte waits for its pair)."""
         extra: dict[str, Any] = {"instructions": self.instructions} if self.instructions else {}
         async with self._client.audio.speech.with_streaming_response.create(

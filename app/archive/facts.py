@@ -19,6 +19,9 @@ class CallFacts:
     turns: int  # caller turns that got an agent answer with a measured latency
     latency_p50_ms: int | None
     latency_p95_ms: int | None
+    recording_key: str | None = None  # the stored recording, when the call was recorded and its parts joined
+    recording_ms: int | None = None
+    recording_unjoined: bool = False  # parts were stored but not joined (the store failed at the end)
 
 
 def percentile(values: Sequence[int], q: float) -> int | None:
@@ -34,8 +37,17 @@ def call_facts(status: str, events: Iterable[tuple[str, Mapping[str, Any]]]) -> 
     """``events`` are (kind, detail) in order. ``status`` is the archive status ("completed"/"failed")."""
     transferred = opted_out = budget = agent = False
     latencies: list[int] = []
+    recording_key: str | None = None
+    recording_ms: int | None = None
+    unjoined = False
     for kind, detail in events:
-        if kind == "opted_out":
+        if kind == "recording" and isinstance(detail.get("key"), str):
+            recording_key = detail["key"]
+            seconds = detail.get("seconds")
+            recording_ms = int(seconds * 1000) if isinstance(seconds, int | float) else None
+        elif kind == "recording" and detail.get("parts"):
+            unjoined = True
+        elif kind == "opted_out":
             opted_out = True
         elif kind == "call_ending":
             action = detail.get("action")
@@ -68,4 +80,7 @@ def call_facts(status: str, events: Iterable[tuple[str, Mapping[str, Any]]]) -> 
         turns=len(latencies),
         latency_p50_ms=percentile(latencies, 50),
         latency_p95_ms=percentile(latencies, 95),
+        recording_key=recording_key,
+        recording_ms=recording_ms,
+        recording_unjoined=unjoined and recording_key is None,
     )

@@ -38,6 +38,18 @@ class Call(Base):
     latency_p95_ms: Mapped[int | None] = mapped_column(Integer)
     redacted: Mapped[bool] = mapped_column(Boolean, default=False)
     transcript_purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # The call's recording in the recording store (``{call_sid}/recording.ogg``), its length, and when it was
+    # deleted from the store (retention, or an admin's erasure): the key stays, to say what was there.
+    recording_key: Mapped[str | None] = mapped_column(String(255))
+    recording_ms: Mapped[int | None] = mapped_column(Integer)
+    recording_deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Post-call results (app.results): a short summary and the extraction against the campaign's (or the
+    # deployment's) schema; status pending | done | skipped | failed (None: results are not made)
+    results_status: Mapped[str | None] = mapped_column(String(16), index=True)
+    results_detail: Mapped[str | None] = mapped_column(Text)  # why skipped or failed
+    summary: Mapped[str | None] = mapped_column(Text)
+    extraction: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    results_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     segments: Mapped[list[TranscriptSegment]] = relationship(
         back_populates="call", order_by="TranscriptSegment.seq", cascade="all, delete-orphan"

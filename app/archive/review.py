@@ -28,7 +28,8 @@ EXPORT_PAGE = 500
 SUMMARY_FIELDS = (
     "call_sid", "direction", "from_number", "to_number", "campaign_id", "status", "disposition", "end_reason",
     "started_at", "ended_at", "duration_ms", "cost_micros", "price_version", "transferred", "opted_out", "turns",
-    "latency_p50_ms", "latency_p95_ms", "redacted", "transcript_purged_at",
+    "latency_p50_ms", "latency_p95_ms", "redacted", "transcript_purged_at", "recording_ms", "recording_deleted_at",
+    "results_status", "results_detail", "summary", "extraction",
 )  # fmt: skip
 LINE_FIELDS = ("call_sid", "seq", "offset_ms", "speaker", "interrupted", "text")
 
@@ -180,6 +181,8 @@ def csv_cell(value: Any) -> Any:
         return ""
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, dict | list):  # the extraction: JSON, which a spreadsheet shows as text
+        value = orjson.dumps(value).decode()
     if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
         return "'" + value
     return value

@@ -11,14 +11,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.api_fields import MAX_ID, SID_PATTERN
-from app.archive import review
+from app.archive import recordings, review
 from app.archive.facts import DISPOSITIONS
 from app.archive.redaction import reason_category
-from app.archive.search import BadQuery, CallFilter, parse_query, search_calls
-from app.auth.keys import Principal, Role, require_role, require_transcripts
+from app.archive.search import BadQuery, CallFilter, parse_extraction_filters, parse_query, search_calls
+from app.auth.keys import Principal, Role, require_recordings, require_role, require_transcripts, utcnow
 from app.db import SessionDep
 from app.problems import ProblemError
 
@@ -49,6 +49,19 @@ class CallSummary(BaseModel):
     latency_p95_ms: int | None
     redacted: bool
     transcript_purged_at: datetime | None
+    recording_ms: int | None = Field(description="the recording's length; null: the call was not recorded")
+    recording_deleted_at: datetime | None = Field(
+        description="when the recording was deleted from the store (retention, or an admin's erasure)"
+    )
+    results_status: str | None = Field(
+        description="post-call results: pending, done, skipped or failed (null: not made for this call)"
+    )
+    results_detail: str | None = Field(description="why the results were skipped or failed")
+    summary: str | None = Field(description="the chat model's short summary (null without the transcripts grant)")
+    extraction: dict[str, Any] | None = Field(
+        description="the fields of the campaign's (or the deployment's) extraction schema, validated against it "
+        "(null without the transcripts grant)"
+    )
 
 
 class Segment(BaseModel):
@@ -105,12 +118,28 @@ def call_filter(
     transferred: Annotated[bool | None, Query()] = None,
     opted_out: Annotated[bool | None, Query()] = None,
     q: Annotated[str | None, Query(description='words, "a phrase", -excluded; all in one line of the call')] = None,
+    results_status: Annotated[
+        Literal["pending", "done", "skipped", "failed"] | None, Query(description="the post-call results' state")
+    ] = None,
+    extraction: Annotated[
+        list[str] | None,
+        Query(
+            max_length=20,
+            description="field=value on the post-call extraction (true, false, null, a number, else text), e.g. "
+            "callback_requested=true; repeat for several (all must hold)",
+        ),
+    ] = None,
 ) -> CallFilter:
     unknown = sorted(set(disposition or ()) - set(DISPOSITIONS))
     if unknown:
         raise ProblemError(400, "Bad filter", f"unknown disposition(s) {unknown}; one of {list(DISPOSITIONS)}")
     if started_from and started_to and started_to <= started_from:
         raise ProblemError(400, "Bad filter", "started_to must be after started_from")
+
+    try:
+        extracted = parse_extraction_filters(extraction or ())
+    except BadQuery as exc:
+        raise ProblemError(400, "Bad filter", str(exc)) from exc
 
     def ms(seconds: float | None) -> int | None:
         return None if seconds is None else round(seconds * 1000)
@@ -132,6 +161,8 @@ def call_filter(
         transferred=transferred,
         opted_out=opted_out,
         q=q.strip() if q and q.strip() else None,
+        results_status=results_status,
+        extraction=extracted,
     )
 
 
@@ -155,8 +186,8 @@ async def list_calls(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> CallPage:
     principal = _principal(request)
-    if filters.q:
-        require_transcripts(request)  # matching lines are transcript content
+    if filters.q or filters.extraction:
+        require_transcripts(request)  # matching lines, and what the extraction says, are transcript content
     try:
         page = await search_calls(session, filters, sort=sort, cursor=cursor, limit=limit)
     except BadQuery as exc:
@@ -164,12 +195,13 @@ async def list_calls(
     items = []
     for call in page.calls:
         item = CallMatch.model_validate(review.summary(call))
-        if not principal.reads_transcripts:  # an end reason may quote the model or the caller
-            item.end_reason = reason_category(item.end_reason)
+        if not principal.reads_transcripts:  # an end reason may quote the model or the caller; results are
+            item.end_reason = reason_category(item.end_reason)  # made from what was said
+            item.summary, item.extraction = None, None
         if filters.q:
             item.matches = [Segment.model_validate(s, from_attributes=True) for s in page.matches.get(call.id, [])]
         items.append(item)
-    if filters.q:
+    if filters.q or filters.extraction:
         await review.audit(session, principal, "search", detail={"filters": filters.as_dict(), "results": len(items)})
     return CallPage(items=items, next_cursor=page.next_cursor, limit=limit, sort=sort)
 
@@ -236,3 +268,44 @@ async def export_call(
     return Response(
         body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{call_sid}.{format}"'}
     )
+
+
+_AUDIO: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"audio/ogg": {}}, "description": "the recording: two channels (caller, agent), Opus in Ogg"},
+    206: {"content": {"audio/ogg": {}}, "description": "the bytes a Range asked for"},
+    404: {"description": "no such call, the call was not recorded, or its recording is missing from the store"},
+    410: {"description": "the recording was deleted (retention, or an admin)"},
+    416: {"description": "the Range lies past the end"},
+}
+
+
+@router.get(
+    "/{call_sid}/recording", dependencies=[Depends(require_recordings)], response_class=Response, responses=_AUDIO
+)
+async def get_recording(
+    call_sid: CallSidPath,
+    request: Request,
+    session: SessionDep,
+    download: Annotated[bool, Query(description="as an attachment (always audited)")] = False,
+) -> Response:
+    """The call's recording: channel 1 the caller as received, channel 2 the agent as the caller heard it, on
+    the call's timeline (transcript offsets are times in the file). Ranges are served, for seeking."""
+    runtime = request.app.state.runtime
+    return await recordings.recording_response(
+        session, runtime.recordings, runtime.redis, _principal(request), call_sid,
+        range_header=request.headers.get("range"), download=download, via="api",
+    )  # fmt: skip
+
+
+@router.delete(
+    "/{call_sid}/recording",
+    status_code=204,
+    dependencies=[Depends(require_role(Role.admin))],
+    responses={404: {"description": "no such call, or not recorded"}, 410: {"description": "already deleted"}},
+)
+async def delete_recording(call_sid: CallSidPath, request: Request, session: SessionDep) -> Response:
+    """Erase the call's recording from the store (an erasure request, say); audited. Admins only."""
+    await recordings.delete_recording(
+        session, request.app.state.runtime.recordings, _principal(request), call_sid, now=utcnow(), reason="admin"
+    )
+    return Response(status_code=204)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,8 @@ class CallFilter:
     transferred: bool | None = None
     opted_out: bool | None = None
     q: str | None = None  # a phrase said in the call
+    results_status: str | None = None  # pending | done | skipped | failed
+    extraction: tuple[tuple[str, Any], ...] = ()  # (field, value): the post-call extraction's field equals it
 
     def as_dict(self) -> dict[str, Any]:
         """The filters set, for an audit entry."""
@@ -200,7 +203,52 @@ def _filter_conditions(f: CallFilter) -> list[ColumnElement[bool]]:
         where.append(Call.transferred == (true() if f.transferred else false()))
     if f.opted_out is not None:
         where.append(Call.opted_out == (true() if f.opted_out else false()))
+    if f.results_status is not None:
+        where.append(Call.results_status == f.results_status)
+    for name, value in f.extraction:
+        field_ = Call.extraction[name]
+        if value is None:
+            where.append(field_.as_string().is_(None))
+        elif isinstance(value, bool):
+            where.append(field_.as_boolean() == (true() if value else false()))
+        elif isinstance(value, int | float):
+            where.append(field_.as_float() == float(value))
+        else:
+            where.append(field_.as_string() == value)
     return where
+
+
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def parse_extraction_filters(items: Iterable[str]) -> tuple[tuple[str, Any], ...]:
+    """``field=value`` items: the value is true, false, null, a number, else text. BadQuery otherwise."""
+    out: list[tuple[str, Any]] = []
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not _FIELD.match(name):
+            raise BadQuery(
+                f"extraction filter {item[:80]!r}: expected field=value, the field a name like callback_requested"
+            )
+        raw = raw.strip()
+        value: Any
+        if raw in ("true", "false"):
+            value = raw == "true"
+        elif raw == "null":
+            value = None
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+            if isinstance(value, float) and not math.isfinite(value):
+                value = raw
+        out.append((name, value))
+    return tuple(out)
 
 
 def _after_cursor(key: ColumnElement[Any], descending: bool, sort: str, cursor: str) -> ColumnElement[bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, overload
 
 from sqlalchemy import func, select
@@ -15,6 +15,7 @@ from sqlalchemy.orm import selectinload
 from app.archive.facts import call_facts
 from app.archive.models import Call, CallEvent, ToolInvocation, TranscriptSegment
 from app.core.bridge import TranscriptLine
+from app.results.models import PostCallJob
 
 
 @dataclass(slots=True)
@@ -91,14 +92,17 @@ class CallRecord:
     redacted: bool = False
 
 
-async def archive_call(sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord) -> bool:
+async def archive_call(
+    sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord, *, post_call: bool = False
+) -> bool:
     """Insert the call, its transcript and events in one transaction. False if already archived.
+    With ``post_call``, its post-call results job too, in the same transaction (one per call).
 
     Idempotent across processes: the unique call_sid makes a racing second insert fail, which is
     reported as "already archived"."""
     for attempt in range(ARCHIVE_ATTEMPTS):
         try:
-            return await _insert_call(sessionmaker, record)
+            return await _insert_call(sessionmaker, record, post_call=post_call)
         except IntegrityError:
             return False
         except OperationalError as exc:  # SQLite busy past its timeout: the archive must not be lost
@@ -119,7 +123,7 @@ def _clip(value: str | None, limit: int) -> str | None:
     return value[: limit - 1] + "…"
 
 
-async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord) -> bool:
+async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: CallRecord, *, post_call: bool) -> bool:
     # No "is it there already?" read first: the unique call_sid answers that (IntegrityError), and on
     # SQLite a transaction that reads before it writes cannot wait for the write lock (a concurrent
     # commit makes its snapshot stale and the write fails at once with "database is locked").
@@ -139,6 +143,9 @@ async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: C
             turns=facts.turns,
             latency_p50_ms=facts.latency_p50_ms,
             latency_p95_ms=facts.latency_p95_ms,
+            # parts that were never joined are still the call's audio: keyed so that retention deletes them
+            recording_key=facts.recording_key or (f"{record.call_sid}/parts/" if facts.recording_unjoined else None),
+            recording_ms=facts.recording_ms,
             call_sid=record.call_sid,
             stream_sid=_clip(record.stream_sid, 64),
             direction=_clip(record.direction, 16),
@@ -174,6 +181,12 @@ async def _insert_call(sessionmaker: async_sessionmaker[AsyncSession], record: C
             for i, t in enumerate(invocations_from_events(record.events), start=1)
         ]
         session.add(call)
+        if post_call:
+            now = datetime.now(UTC)
+            call.results_status = "pending"
+            session.add(
+                PostCallJob(call_sid=record.call_sid, status="pending", attempts=0, next_at=now, created_at=now)
+            )
         session.add_all(
             CallEvent(call_sid=record.call_sid, kind=e.kind, detail=e.detail, offset_ms=e.offset_ms, created_at=e.at)
             for e in record.events

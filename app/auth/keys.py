@@ -29,7 +29,9 @@ class Role(StrEnum):
     supervisor = "supervisor"
 
 
-GRANTS = ("transcripts",)  # "transcripts": an ops key may read transcripts (supervisors and admins always may)
+# "transcripts": an ops key may read transcripts; "talk": it may talk to the agent from the console's page;
+# "recordings": it may hear and download recordings (supervisors and admins always may all three)
+GRANTS = ("transcripts", "talk", "recordings")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,16 @@ class Principal:
     @property
     def reads_transcripts(self) -> bool:
         return self.role in (Role.admin, Role.supervisor) or "transcripts" in self.grants
+
+    @property
+    def hears_recordings(self) -> bool:
+        """May play and download call recordings."""
+        return self.role in (Role.admin, Role.supervisor) or "recordings" in self.grants
+
+    @property
+    def may_talk(self) -> bool:
+        """May place a call to the agent from the console's "Talk to the agent" page."""
+        return self.role in (Role.admin, Role.supervisor) or "talk" in self.grants
 
 
 def _hash(secret: str) -> str:
@@ -70,6 +82,23 @@ async def create_api_key(
     )
     await session.commit()
     return f"sb_{key_id}_{secret}"
+
+
+async def list_keys(session: AsyncSession) -> list[ApiKey]:
+    """Every key, newest first (the secrets are not stored, so never shown)."""
+    return list(await session.scalars(select(ApiKey).order_by(ApiKey.id.desc())))
+
+
+async def revoke_key(session: AsyncSession, key_id: str, *, now: datetime) -> ApiKey | None:
+    """Revoke a key (a console session it opened is signed out at its next request). None: no such key;
+    an already revoked key keeps its first revocation time."""
+    row = (await session.execute(select(ApiKey).where(ApiKey.key_id == key_id))).scalar_one_or_none()
+    if row is None:
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = now
+        await session.commit()
+    return row
 
 
 def presented_key(authorization: str, x_api_key: str) -> str:
@@ -119,13 +148,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def require_transcripts(request: Request) -> Principal:
-    """After require_role: 403 unless the key may read transcripts."""
-    principal: Principal = request.state.principal
-    if not principal.reads_transcripts:
-        raise ProblemError(
-            403,
-            "Forbidden",
-            f"Role {principal.role.value!r} may not read transcripts without the 'transcripts' grant.",
-        )
-    return principal
+def _require(may: Callable[[Principal], bool], what: str, grant: str) -> Callable[[Request], Principal]:
+    """After require_role: 403 unless the key may do ``what`` (by its role, or by ``grant``)."""
+
+    def dependency(request: Request) -> Principal:
+        principal: Principal = request.state.principal
+        if not may(principal):
+            raise ProblemError(
+                403, "Forbidden", f"Role {principal.role.value!r} may not {what} without the {grant!r} grant."
+            )
+        return principal
+
+    return dependency
+
+
+require_transcripts = _require(lambda p: p.reads_transcripts, "read transcripts", "transcripts")
+require_recordings = _require(lambda p: p.hears_recordings, "hear recordings", "recordings")

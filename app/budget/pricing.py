@@ -433,9 +433,12 @@ def speech_cost(model: str, *, characters: int, audio_seconds: float, table: Pri
     return _cost("speech", {"speech_characters": _tokens(price.per_million_characters, characters)}, table)
 
 
+WEB = "web"  # a call from the console's browser page: no carrier, no telephony minutes
+
+
 def telephony_cost(seconds: float, direction: str, table: PriceTable) -> Cost:
     """Carrier cost of a call leg: every started minute is billed in full (0 s bills nothing)."""
-    rate = table.telephony_per_minute.get(direction)
+    rate = table.telephony_per_minute.get(direction, Decimal(0) if direction == WEB else None)
     if rate is None:
         raise ValueError(f"no telephony rate for direction {direction!r} (known: {sorted(table.telephony_per_minute)})")
     minutes = math.ceil(_seconds(seconds, "call duration") / 60)
@@ -474,7 +477,7 @@ def closing_reserve(model: str, table: PriceTable, *, direction: str, context_mi
     telephony minute.
     """
     prices = _model(model, table)
-    rate = table.telephony_per_minute.get(direction)
+    rate = table.telephony_per_minute.get(direction, Decimal(0) if direction == WEB else None)
     if rate is None:
         raise ValueError(f"no telephony rate for direction {direction!r} (known: {sorted(table.telephony_per_minute)})")
     detail = {

@@ -83,6 +83,17 @@ class SpendOut(BaseModel):
     price_version: str
 
 
+class BudgetOut(BaseModel):
+    caps: CapsOut
+    spend: SpendOut
+
+
+@router.get("", response_model=BudgetOut)
+async def overview(request: Request) -> BudgetOut:
+    """The caps in force and today's spend, with what is held for closing lines: one read."""
+    return BudgetOut(caps=await get_caps(request), spend=await spend(request))
+
+
 @router.get("/spend", response_model=SpendOut)
 async def spend(request: Request, day: Annotated[date | None, Query()] = None) -> SpendOut:
     budget = _budget(request)

@@ -32,10 +32,12 @@ from app.budget.pricing import (
     Cost,
     PriceTable,
     audio_estimate,
+    chat_cost,
     closing_reserve,
     input_micros,
     load_price_table,
     response_cost,
+    speech_cost,
     telephony_cost,
     transcription_cost,
 )
@@ -276,13 +278,23 @@ class CallMeter:
         await self.budget.alerts(before, totals, caps, now=now, call_sid=self.call_sid, campaign_id=self.campaign_id)
         return totals
 
-    async def usage(self, kind: str, usage: dict[str, Any], now: datetime) -> Cost:
-        """Exact cost of a response or a transcription; it replaces the estimate made meanwhile."""
-        exact = (
-            response_cost(usage, self.model, self.budget.prices)
-            if kind == "response"
-            else transcription_cost(usage, self.budget.prices)
-        )
+    async def usage(self, kind: str, usage: dict[str, Any], now: datetime, *, model: str | None = None) -> Cost:
+        """Exact cost of a Realtime response, a transcription, or (cascaded engine) a chat completion or a
+        speech request (``model``: the stage's model); a response's replaces the estimate made meanwhile."""
+        prices = self.budget.prices
+        if kind == "response":
+            exact = response_cost(usage, self.model, prices)
+        elif kind == "transcription":
+            exact = transcription_cost(usage, prices)
+        elif kind == "chat":
+            exact = chat_cost(usage, model or self.model, prices)
+        elif kind == "speech":
+            exact = speech_cost(
+                model or "", characters=int(usage.get("characters") or 0),
+                audio_seconds=float(usage.get("audio_seconds") or 0.0), table=prices,
+            )  # fmt: skip
+        else:
+            raise ValueError(f"unknown usage kind {kind!r}")
         correction = exact.micros - (self.estimated_outstanding if kind == "response" else 0)
         if kind == "response":
             self.estimated_outstanding = 0

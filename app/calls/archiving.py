@@ -102,7 +102,9 @@ async def archive_live_call(
         price_version=rt.budget.prices.version,
         redacted=redact is not None,
     )
-    archived = await archive_call(rt.sessionmaker, record)
+    archived = await archive_call(rt.sessionmaker, record, post_call=rt.settings.post_call_results)
+    if archived and rt.post_call is not None:
+        rt.post_call.wake()  # this node looks at once (the others at their next poll)
     try:
         await store.finish(call_sid)
     except (RedisError, OSError) as exc:

@@ -16,8 +16,9 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -34,13 +35,15 @@ from app.budget.policy import Action, CapVerdict
 from app.budget.pricing import CLOSING_MAX_OUTPUT_TOKENS
 from app.budget.service import WRAP_UP_INSTRUCTIONS
 from app.calls.archiving import archive_live_call, event_to_dict
+from app.calls.cascaded import CascadedEngine
 from app.calls.live import LiveState, line_from_dict
-from app.calls.outbound import campaign_bridge_config
+from app.calls.outbound import campaign_bridge_config, campaign_cascade_config
+from app.calls.realtime import RealtimeEngine
+from app.calls.recorder import CallRecorder
 from app.calls.tools import ToolContext
 from app.core import twiml
 from app.core.bridge import (
     BridgeConfig,
-    CallBridge,
     Command,
     HandOff,
     HangUp,
@@ -59,6 +62,7 @@ from app.core.bridge import (
     UpstreamReady,
     WrapUp,
 )
+from app.core.playback import AgentPlayback
 from app.core.realtime_events import (
     AudioDelta,
     RealtimeError,
@@ -67,7 +71,9 @@ from app.core.realtime_events import (
     SessionUpdated,
     parse_server_event,
 )
+from app.core.recording import AGENT, CALLER
 from app.core.stream_token import RESUME, StreamTokenError, verify_stream_token
+from app.core.transport import TWILIO, BrowserMessageError, TransportAudio
 from app.core.twilio_media import (
     MediaReceived,
     StreamConnected,
@@ -76,9 +82,10 @@ from app.core.twilio_media import (
     TwilioMessageError,
     parse_twilio_message,
 )
-from app.dialer.location import normalise
+from app.dialer.location import locate, normalise
 from app.dialer.models import Campaign
 from app.dialer.service import revoke
+from app.recording.consent import ANNOUNCEMENT, RecordingDecision, decide
 from app.runtime import Runtime
 
 router = APIRouter()
@@ -112,9 +119,52 @@ FLUSH_TIMEOUT_S = 5.0
 BACKOFF_S = (0.0, 0.25, 0.5, 1.0, 2.0)
 CONFIG_ATTEMPTS = 3  # sessions in a row refusing our session.update before the call is handed off
 ROLLOVER_MARGIN_S = 5 * 60.0  # roll over this long before the session's expires_at
+# A caller's speech starts this long before its speech_started arrives (the VAD's prefix padding, 300 ms by
+# default, and the detection itself): a redacted utterance is silenced from there, and held back from there.
+SPEECH_LEAD_MS = 500
 
 
-DIRECTIONS = ("inbound", "outbound")
+DIRECTIONS = ("inbound", "outbound", "web")
+# Call events that carry an upstream's usage -> the kind the meter prices it as
+USAGE_EVENTS = {
+    "response_usage": "response",
+    "transcription_usage": "transcription",
+    "chat_usage": "chat",
+    "speech_usage": "speech",
+}
+
+
+class CallMachine(Protocol):
+    """What the call's services read and drive of an engine's machine (CallBridge, CascadeCall)."""
+
+    started_at_ms: int
+    out: AgentPlayback  # the agent's audio on its way to the caller (a recording taps it)
+    history: list[Any]
+    usage: list[dict[str, Any]]
+    frames_in: int
+    greeted: bool
+    ended: bool
+    stopped_hard: bool
+
+    def handle(self, event: object, now_ms: int) -> list[Any]: ...
+    def media(self, payload: bytes) -> bytes | None: ...
+    def finish(self, out: list[Any]) -> None: ...
+    @property
+    def quiet(self) -> bool: ...
+    @property
+    def awaiting_transcription(self) -> bool: ...
+    @property
+    def pending_speech_ms(self) -> int | None: ...
+    @property
+    def caller_seconds_in(self) -> float: ...
+    @property
+    def agent_seconds_out(self) -> float: ...
+    @property
+    def frames_held(self) -> int: ...
+    @property
+    def frames_dropped(self) -> int: ...
+    @property
+    def frames_replayed(self) -> int: ...
 
 
 def trusted_direction(meta: dict[str, Any]) -> str:
@@ -148,13 +198,23 @@ async def media_stream(ws: WebSocket) -> None:
 
 
 class CallSession:
-    """One media stream for one call, from its start event to the archive (or a hand-over)."""
+    """One media stream for one call, from its start event to the archive (or a hand-over).
+
+    The transport here is Twilio's media stream; ``app.calls.web.WebCallSession`` swaps in the console page's
+    (its admission, its messages, its way of ending a call). The engine is ``self.engine``: whichever engine
+    answers, the call's services here carry out its machine's commands."""
+
+    transport_audio: TransportAudio = TWILIO
+    resumable = True  # a lost stream may come back (Twilio follows the <Redirect>): the call is not over
+    # One message of the transport's socket as an event (raises on a bad one); called per frame, unwrapped
+    _parse: Callable[[str | bytes], Any] = staticmethod(parse_twilio_message)
 
     def __init__(self, rt: Runtime, ws: WebSocket) -> None:
         self.rt = rt
         self.ws = ws
         self._loop = asyncio.get_running_loop()
-        self.bridge: CallBridge
+        self.bridge: CallMachine  # the engine's machine: CallBridge (Realtime) or CascadeCall (cascaded)
+        self.engine: RealtimeEngine | CascadedEngine
         self.live: LiveState
         self.upstream: RealtimeUpstream | None = None
         self.start: StreamStarted
@@ -179,8 +239,8 @@ class CallSession:
         self._upstream_opened_at = 0.0
         self._meta: dict[str, Any] = {}
         self._direction = "inbound"
-        self._metered_frames = 0
-        self._metered_bytes_out = 0
+        self._metered_seconds_in = 0.0
+        self._metered_seconds_out = 0.0
         self._charged_at_s = float("-inf")
         self._frames_counted = (0, 0, 0)  # held, replayed, dropped caller frames already in the metrics
         self.phase = "in call"  # then the step of _finish it is in: a drain names the steps calls hang in
@@ -189,6 +249,8 @@ class CallSession:
         self._handover = asyncio.Event()  # set: detach so the call resumes on another node
         self._handover_due: float | None = None  # loop time past which we hand over even mid-sentence
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._queue: asyncio.Queue[object] | None = None
+        self.recorder: CallRecorder | None = None
 
     def now_ms(self) -> int:
         return int(self._loop.time() * 1000)
@@ -331,12 +393,19 @@ class CallSession:
         )
         rt.takeovers.register(start.call_sid, self._on_taken_over)
         resumed = kind == RESUME or bool(lines)
-        self.bridge = CallBridge(
-            await self._bridge_config(meta),
+        self.engine = await self._engine(meta)
+        decision = self._recording_decision(meta, direction)
+        if decision is not None and decision.announce and not (meta.get("greeted") or lines):
+            self.engine.announce(ANNOUNCEMENT)  # the agent's first words
+        self.bridge = self.engine.machine(
             started_at_ms=self.now_ms() - max(0, wall_ms - started_ms),
             history=lines,
             greeted=bool(meta.get("greeted")),
+            transport=self.transport_audio,
         )
+        self.engine.bind(self._feed)
+        # An engine whose own tasks feed its machine has every event go through one queue (see _handle)
+        self._queue = asyncio.Queue() if self.engine.serial_events else None
         campaign_id = meta.get("campaign_id")
         self.meter = rt.budget.meter(
             call_sid=start.call_sid,
@@ -344,6 +413,12 @@ class CallSession:
             direction=direction,
             model=rt.settings.openai_realtime_model,
         )
+        self.live.meta({"engine": self.engine.name})  # a resumed call keeps its engine, whatever ENGINE says then
+        self._event("engine", {"engine": self.engine.name, "model": self.engine.model})
+        if decision is not None:
+            self._event("recording_decision", decision.as_dict())
+            if decision.record:
+                self._start_recording()
         rt.metrics.calls_started.labels(direction).inc()
         if resumed:
             rt.metrics.calls_resumed.inc()
@@ -353,7 +428,7 @@ class CallSession:
             "call.stream_started", stream_sid=start.stream_sid, direction=direction, resumed=resumed, lines=len(lines)
         )
         try:
-            await self._execute(self.bridge.handle(start, self.now_ms()))
+            await self._handle(start)
             if resumed:
                 self._event("stream_resumed", {"lines_restored": len(lines), "kind": kind})
             await self._run_pumps()
@@ -370,24 +445,126 @@ class CallSession:
                     del rt.sessions[self.start.call_sid]
                     rt.sessions_changed.set()
 
-    async def _bridge_config(self, meta: dict[str, Any]) -> BridgeConfig:
-        """The deployment's agent, or for an outbound campaign call, the campaign's."""
+    async def _engine(self, meta: dict[str, Any]) -> RealtimeEngine | CascadedEngine:
+        """The engine that answers: the one the webhook recorded for the call (a resumed call keeps its
+        engine), else the deployment's; with the deployment's agent, or for a campaign call, the campaign's."""
+        rt = self.rt
+        campaign: Campaign | None = None
         campaign_id = meta.get("campaign_id")
-        if not campaign_id:
-            return self.rt.bridge_config
-        async with self.rt.sessionmaker() as session:
-            campaign = await session.get(Campaign, int(campaign_id))
-        if campaign is None:
-            return self.rt.bridge_config
-        return campaign_bridge_config(self.rt.bridge_config, self.rt.settings, campaign)
+        if campaign_id:
+            async with rt.sessionmaker() as session:
+                campaign = await session.get(Campaign, int(campaign_id))
+        name = meta.get("engine") or (campaign.engine if campaign is not None else None) or rt.settings.engine
+        if name == "cascaded":
+            config = rt.cascade_config
+            if campaign is not None:
+                config = campaign_cascade_config(config, rt.settings, campaign)
+            return CascadedEngine(rt.cascade, config, rt.chat_tools)
+        bridge_config: BridgeConfig = rt.bridge_config
+        if campaign is not None:
+            bridge_config = campaign_bridge_config(bridge_config, rt.settings, campaign)
+        return RealtimeEngine(rt.realtime, bridge_config)
+
+    def _recording_decision(self, meta: dict[str, Any], direction: str) -> RecordingDecision | None:
+        """Whether this call is recorded, and announced, by the states its other party may be in. None: the
+        deployment records nothing (nothing is decided or recorded on the call)."""
+        mode = self.rt.settings.recording
+        if mode == "off":
+            return None
+        number = meta.get("to") if direction == "outbound" else meta.get("from")
+        location = locate(str(number)) if number else None
+        states = location.states if location is not None and location.kind == "geographic" else None
+        return decide(mode, states)
+
+    def _start_recording(self) -> None:
+        """Record from now, on the call's timeline (from its start, whichever node began it): the caller's
+        frames (the pump), the agent's audio and clears (the playback)."""
+        audio = self.transport_audio
+        redacting, holdback = bool(self.rt.settings.redaction_patterns), self.rt.settings.recording_holdback_s
+        self.recorder = CallRecorder(
+            self.rt.recordings, self.start.call_sid, rate=audio.rate,
+            mulaw=not audio.pcm24k, call_started_ms=self.bridge.started_at_ms, now_ms=self.now_ms,
+            segment_s=self.rt.settings.recording_segment_s,
+            # Only when a transcript can be redacted does audio wait for it: at least the lead (speech detected
+            # late must not have been handed out before its redaction), and caller speech until transcribed.
+            holdback_s=max(holdback, SPEECH_LEAD_MS / 1000) if redacting else holdback,
+            hold_from=self._recording_hold_from if redacting else None,
+        )  # fmt: skip
+        out = self.bridge.out
+        out.tap, out.on_clear = self.recorder.agent, self.recorder.clear
+
+    def _recording_hold_from(self) -> int | None:
+        pending = self.bridge.pending_speech_ms
+        return None if pending is None else max(0, pending - SPEECH_LEAD_MS)
+
+    def _silence_redacted(self, line: Any) -> None:
+        """What was redacted from a line is silenced in the recording: the whole utterance, from a little
+        before its start (voice activity is detected after the voice begins) to now (its transcript comes
+        after it ended), on the speaker's channel."""
+        assert self.recorder is not None
+        start_ms = max(0, line.offset_ms - (SPEECH_LEAD_MS if line.speaker == "caller" else 0))
+        end_ms = self.now_ms() - self.bridge.started_at_ms
+        channel = CALLER if line.speaker == "caller" else AGENT
+        in_time = self.recorder.timeline.silence(channel, start_ms, end_ms, "redacted")
+        self._event("recording_silenced", {"from_ms": start_ms, "to_ms": end_ms, "speaker": line.speaker,
+                                           "in_time": in_time})  # fmt: skip
+
+    async def _feed(self, event: object) -> None:
+        """What the engine's own tasks receive (chat and speech streams) goes to the call's machine."""
+        if isinstance(event, RecordCallEvent):
+            self._on_call_event(event)
+            return
+        if self._ending:
+            return  # the call is over: nothing more is said or started
+        await self._handle(event)
+
+    async def _handle(self, event: object) -> None:
+        """Feed the machine one event and carry out its commands. When the engine's own tasks feed it too
+        (cascaded), every event goes through one queue instead, so that no two command lists interleave
+        on the caller's socket (audio after the clear that cut it, clauses out of order)."""
+        queue = self._queue
+        if queue is not None:
+            queue.put_nowait(event)
+            return
+        commands = self.bridge.handle(event, self.now_ms())
+        if commands:
+            await self._execute(commands)
+
+    async def _machine_loop(self) -> None:
+        """The one consumer of the queue (see ``_handle``)."""
+        queue = self._queue
+        assert queue is not None
+        bridge = self.bridge
+        while True:
+            event = await queue.get()
+            commands = bridge.handle(event, self.now_ms())
+            if commands:
+                await self._execute(commands)
+            self._settle_transcripts()
+
+    def _drain_queue(self) -> None:
+        """The call is over: events still queued are applied for the record (transcript lines, events);
+        nothing they would start or send happens."""
+        queue = self._queue
+        while queue is not None and not queue.empty():
+            commands = self.bridge.handle(queue.get_nowait(), self.now_ms())
+            for command in commands:
+                if type(command) is SaveTranscript or type(command) is RecordCallEvent:
+                    self._spawn(self._execute([command]), "record")
+
+    def _settle_transcripts(self) -> None:
+        if (self._stopped or self._server_ended) and not self.bridge.awaiting_transcription:
+            self._transcripts_settled.set()
 
     async def _run_pumps(self) -> None:
         twilio = asyncio.create_task(self._twilio_pump(), name="twilio-pump")
         upstream = asyncio.create_task(self._upstream_supervisor(), name="upstream")
         ticker = asyncio.create_task(self._ticker(), name="ticker")
         taken = asyncio.create_task(self._taken_over.wait(), name="takeover")
+        machine = asyncio.create_task(self._machine_loop(), name="machine") if self._queue is not None else None
+        recording = asyncio.create_task(self.recorder.run(), name="recording") if self.recorder is not None else None
         handover = asyncio.create_task(self._handover.wait(), name="handover")
-        pumps = [twilio, upstream, ticker, taken, handover]
+        pumps = [twilio, upstream, ticker, taken, handover, *(t for t in (machine, recording) if t is not None)]
         try:
             done, _ = await asyncio.wait([twilio, upstream, taken, handover], return_when=asyncio.FIRST_COMPLETED)
             if twilio in done and self._stopped and not upstream.done() and self.bridge.awaiting_transcription:
@@ -404,6 +581,7 @@ class CallSession:
             finished, stuck = await asyncio.wait(pumps, timeout=PUMP_STOP_TIMEOUT_S)
             if stuck:
                 log.warning("call.pumps_stuck", pumps=[t.get_name() for t in stuck])
+            self._drain_queue()
         for task in finished:
             if not task.cancelled() and isinstance(task.exception(), Exception):
                 raise task.exception()  # type: ignore[misc]
@@ -420,6 +598,9 @@ class CallSession:
         now_ms = self.now_ms
         limit = self.rt.settings.max_ws_message_bytes
         max_bad = self.rt.settings.max_bad_frames
+        parse = self._parse
+        queue = self._queue
+        record = self.recorder.caller if self.recorder is not None else None
         while True:
             msg = await receive()
             if msg["type"] == "websocket.disconnect":
@@ -428,36 +609,48 @@ class CallSession:
                     # No stop event: Twilio lost us, not the caller. It follows the <Redirect> to
                     # /twilio/resume and a new stream carries on; the live state stays for it.
                     self.end_reason = "stream lost"
-                    self.final = False
+                    self.final = not self.resumable
                 return
             data = msg.get("text")
             if data is None:
                 data = msg.get("bytes") or b""
             if len(data) > limit:
                 self._bad_frame("too_big", "frame too large")
-                await self._end_with(CLOSE_TOO_BIG, f"frame larger than {limit} bytes", "oversized frame from Twilio")
+                await self._end_with(
+                    CLOSE_TOO_BIG,
+                    f"frame larger than {limit} bytes",
+                    "oversized frame from " + ("Twilio" if self.transport_audio is TWILIO else "the page"),
+                )
                 return
             try:
-                ev = parse_twilio_message(data)
-            except TwilioMessageError as exc:
+                ev = parse(data)
+            except (TwilioMessageError, BrowserMessageError) as exc:
                 self._bad_frame(exc.code, exc.reason)
                 if self.bad_frames > max_bad:
                     await self._end_with(CLOSE_INVALID_DATA, "too many invalid frames", "too many invalid frames")
                     return
                 continue
             if type(ev) is MediaReceived:  # 50 a second: straight to the bridge and upstream
+                if record is not None:
+                    record(ev.payload)  # bytes into the recording's buffer, nothing more
                 append = media(ev.payload)
                 if append is not None:
                     await send_upstream(append)
                 continue
-            commands = handle(ev, now_ms())
-            if commands:
-                await execute(commands)
+            if queue is not None:
+                queue.put_nowait(ev)
+            else:
+                commands = handle(ev, now_ms())
+                if commands:
+                    await execute(commands)
             if type(ev) is StreamStopped:
                 self._stopped = True
                 if self.end_reason == "unknown":
                     self.end_reason = "caller hung up"
                 return
+
+    def _line_saved(self, line: Any) -> None:
+        """A transcript line was written (the page shows it live; Twilio has no use for it)."""
 
     async def _end_with(self, code: int, reason: str, end_reason: str) -> None:
         """We end the stream for bad input: the call ends (resume hangs up instead of reconnecting)."""
@@ -470,7 +663,6 @@ class CallSession:
     async def _upstream_supervisor(self) -> None:
         """Keep a Realtime session open: reconnect with backoff, give up past the deadline."""
         rt = self.rt
-        bridge = self.bridge
         deadline_s = rt.settings.upstream_recovery_deadline_s
         lost_at: float | None = None
         attempt = 0
@@ -478,7 +670,7 @@ class CallSession:
             try:
                 with rt.metrics.upstream_connect_seconds.time():
                     async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
-                        upstream = await rt.realtime.connect()
+                        upstream = await self.engine.connect()
             except Exception as exc:  # noqa: BLE001 - any failure to reach upstream is retried
                 now = self._loop.time()
                 lost_at = lost_at if lost_at is not None else now
@@ -495,7 +687,7 @@ class CallSession:
             self.upstream = upstream
             self._upstream_opened_at = self._loop.time()
             self._upstream_expires_at = None
-            await self._execute(bridge.handle(UpstreamReady(), self.now_ms()))
+            await self._handle(UpstreamReady())
             self._count_held_frames()
             if lost_at is not None:
                 recovery_s = self._loop.time() - lost_at
@@ -514,11 +706,11 @@ class CallSession:
                 self._config_failures += 1
                 if self._config_failures >= CONFIG_ATTEMPTS:
                     # Our configuration itself is refused: no new session will take it either.
-                    await self._execute(bridge.handle(UpstreamLost(reason), self.now_ms()))
+                    await self._handle(UpstreamLost(reason))
                     await self._upstream_failed(f"session configuration refused {CONFIG_ATTEMPTS} times")
                     return
             log.info("call.upstream_lost", reason=reason)
-            await self._execute(bridge.handle(UpstreamLost(reason), self.now_ms()))
+            await self._handle(UpstreamLost(reason))
 
     def _count_held_frames(self) -> None:
         """Add the bridge's held, replayed and dropped caller frames since the last count to the metrics.
@@ -537,6 +729,7 @@ class CallSession:
         handle = bridge.handle
         execute = self._execute
         now_ms = self.now_ms
+        queue = self._queue
         expired = False
         while True:
             try:
@@ -566,6 +759,9 @@ class CallSession:
                 self._upstream_expires_at = self._loop.time() + (ev.expires_at - time.time())  # type: ignore[union-attr]
             elif kind is SessionUpdated:
                 self._config_failures = 0
+            if queue is not None:
+                queue.put_nowait(ev)
+                continue
             commands = handle(ev, now_ms())
             if commands:
                 await execute(commands)
@@ -577,19 +773,20 @@ class CallSession:
                 # never holds back another call's first audio or its caller's frames.
                 await asyncio.sleep(0)
 
-    async def _upstream_failed(
-        self, error: str, end_reason: str = "realtime unavailable past the reconnect deadline"
-    ) -> None:
-        """No Realtime session within the deadline: apologise and hand over (or hang up), via resume."""
+    async def _upstream_failed(self, error: str, end_reason: str | None = None) -> None:
+        """No upstream session (Realtime, or the cascaded engine's transcription session) within the
+        deadline: apologise and hand over (or hang up), via resume."""
         rt = self.rt
         rt.metrics.upstream_failures.inc()
-        self.status, self.end_reason = "failed", end_reason
+        engine = self.engine.name
+        self.status = "failed"
+        self.end_reason = end_reason or f"{engine} unavailable past the reconnect deadline"
         number = rt.settings.transfer_number
         self.live.meta({"end_requested": "upstream_failed", **({"transfer_to": number} if number else {})})
         self._event("upstream_failed", {"error": error, "transfer_to": number})
         # The call ends here: once archived, the stream is closed and Twilio runs the <Redirect>, where
         # /twilio/resume apologises, then dials the human or hangs up.
-        self._close_reason = "realtime unavailable"
+        self._close_reason = f"{engine} unavailable"
 
     async def _hand_off(self, reason: str) -> None:
         """The model cannot carry the call: end it as when Realtime is gone (the <Redirect> apologises,
@@ -689,9 +886,7 @@ class CallSession:
         while not self._ending:  # a cancellation swallowed by a client library must not keep it alive
             await asyncio.sleep(TICK_S)
             ticks += 1
-            commands = bridge.handle(Tick(), self.now_ms())
-            if commands:
-                await self._execute(commands)
+            await self._handle(Tick())
             if bridge.greeted and not greeted:
                 greeted = True
                 self.live.meta({"greeted": True})
@@ -715,51 +910,66 @@ class CallSession:
             except ConnectionClosed:
                 pass  # the reader sees the loss; the bridge re-sends recent audio to the next session
 
-    async def _execute(self, commands: list[Command]) -> None:
+    async def _execute(self, commands: list[Any]) -> None:
         for command in commands:
             kind = type(command)
             if kind is SendToTwilio:
                 if not self._closed:
                     try:
-                        await self.ws.send_text(command.text)  # type: ignore[union-attr]
+                        data = command.text
+                        if type(data) is str:
+                            await self.ws.send_text(data)
+                        else:
+                            await self.ws.send_bytes(data)
                     except (WebSocketDisconnect, RuntimeError):
                         # Twilio went away mid-send; its pump sees the disconnect.
                         self._closed = True
             elif kind is SendToRealtime:
-                await self._send_upstream(command.data)  # type: ignore[union-attr]
+                await self._send_upstream(command.data)
             elif kind is SaveTranscript:
-                line = command.line  # type: ignore[union-attr]
+                line = command.line
                 redact = self.rt.redact
-                self.live.line(dataclasses.replace(line, text=redact(line.text)) if redact else line)
+                saved = dataclasses.replace(line, text=redact(line.text)) if redact else line
+                self.live.line(saved)
+                self._line_saved(saved)
+                if saved is not line and saved.text != line.text and self.recorder is not None:
+                    self._silence_redacted(saved)
             elif kind is RecordCallEvent:
-                self._on_call_event(command)  # type: ignore[arg-type]
+                self._on_call_event(command)
             elif kind is RunTool:
-                self._spawn(self._run_tool(command), "tool")  # type: ignore[arg-type]
+                self._spawn(self._run_tool(command), "tool")
             elif kind is RestartUpstream:
-                self._restart_upstream(command.reason)  # type: ignore[union-attr]
+                self._restart_upstream(command.reason)
             elif kind is HandOff:
-                self._spawn(self._hand_off(command.reason), "hand-off")  # type: ignore[union-attr]
+                self._spawn(self._hand_off(command.reason), "hand-off")
             elif kind is HangUp or kind is TransferCall:
                 self._server_ends()
-                self._spawn(self._end_call(command), "end-call")  # type: ignore[arg-type]
+                self._spawn(self._end_call(command), "end-call")
             elif kind is OptOut:
-                self._spawn(self._opt_out(command), "opt-out")  # type: ignore[arg-type]
+                self._spawn(self._opt_out(command), "opt-out")
+            else:
+                self.engine.execute(command)
 
     def _on_call_event(self, command: RecordCallEvent) -> None:
         self._event(command.kind, command.detail)
         if command.kind == "barge_in":
             self.rt.metrics.barge_ins.inc()
-        elif command.kind in ("response_usage", "transcription_usage"):
-            kind = "response" if command.kind == "response_usage" else "transcription"
+        elif command.kind == "turn_stage":
+            self.rt.metrics.turn_stage_seconds.labels(self.engine.name, command.detail["stage"]).observe(
+                command.detail["ms"] / 1000
+            )
+        elif command.kind in USAGE_EVENTS:
+            kind = USAGE_EVENTS[command.kind]
             if kind == "response":
                 # The audio streamed for this response and not charged yet is in its exact cost: it is
                 # never estimated on top of it.
                 self._take_unmetered()
-            self._spawn(self._meter_usage(kind, command.detail.get("usage") or {}), "meter")
+            model = command.detail.get("model") or (self.engine.model if kind == "chat" else None)
+            self._spawn(self._meter_usage(kind, command.detail.get("usage") or {}, model), "meter")
 
-    async def _meter_usage(self, kind: str, usage: dict[str, Any]) -> None:
+    async def _meter_usage(self, kind: str, usage: dict[str, Any], model: str | None = None) -> None:
         try:
-            cost = await self.meter.usage(kind, usage, datetime.now(UTC))
+            cost = await self.meter.usage(kind, usage, datetime.now(UTC), model=model)
         except (RedisError, OSError) as exc:
             log.warning("budget.meter_unavailable", error=repr(exc))
             return
@@ -775,9 +985,9 @@ class CallSession:
     def _take_unmetered(self) -> tuple[float, float]:
         """Seconds of caller and agent audio streamed since last taken."""
         bridge = self.bridge
-        seconds_in = (bridge.frames_in - self._metered_frames) * 0.02
-        seconds_out = (bridge.agent_bytes_out - self._metered_bytes_out) / 8000
-        self._metered_frames, self._metered_bytes_out = bridge.frames_in, bridge.agent_bytes_out
+        seconds_in = bridge.caller_seconds_in - self._metered_seconds_in
+        seconds_out = bridge.agent_seconds_out - self._metered_seconds_out
+        self._metered_seconds_in, self._metered_seconds_out = bridge.caller_seconds_in, bridge.agent_seconds_out
         return seconds_in, seconds_out
 
     async def _meter_tick(self) -> None:
@@ -792,6 +1002,8 @@ class CallSession:
         if now_s - self._charged_at_s >= METER_INTERVAL_S:
             self._charged_at_s = now_s
             seconds_in, seconds_out = self._take_unmetered()
+            if not self.engine.estimates_audio:  # its stages' usage is charged exactly as it arrives
+                seconds_in = seconds_out = 0.0
             now = datetime.now(UTC)
             try:
                 await self.meter.estimate(seconds_in, seconds_out, now)
@@ -812,10 +1024,10 @@ class CallSession:
             self.meter.wrap_up_started_s = self._loop.time()
             grace_ms = int(self.rt.budget.hard_stop_grace_s * 1000)
             wrap_up = WrapUp(WRAP_UP_INSTRUCTIONS, verdict.reason, grace_ms, CLOSING_MAX_OUTPUT_TOKENS)
-            await self._execute(bridge.handle(wrap_up, self.now_ms()))
+            await self._handle(wrap_up)
             await self._enforced("wrap_up", verdict)
         elif verdict.action is Action.hard_stop and not bridge.ended:
-            await self._execute(bridge.handle(HardStop(verdict.reason), self.now_ms()))
+            await self._handle(HardStop(verdict.reason))
             await self._enforced("hard_stop", verdict)
 
     async def _enforced(self, action: str, verdict: CapVerdict) -> None:
@@ -862,11 +1074,19 @@ class CallSession:
             direction=self._direction,
             custom_parameters=start.custom_parameters,
         )
-        ok, output = await self.rt.tools.run(command.name, command.arguments, context)
-        self.rt.metrics.tool_calls.labels(command.name, "ok" if ok else "error").inc()
-        commands = self.bridge.handle(ToolFinished(command.call_id, command.name, output, ok), self.now_ms())
+        recorder = self.recorder if self.rt.tools.is_sensitive(command.name) else None
+        if recorder is not None:  # nothing of a sensitive moment is recorded, from either side
+            recorder.timeline.pause(self.now_ms(), f"tool {command.name}")
+            self._event("recording_paused", {"tool": command.name, "call_id": command.call_id})
         try:
-            await self._execute(commands)
+            ok, output = await self.rt.tools.run(command.name, command.arguments, context)
+        finally:
+            if recorder is not None:
+                recorder.timeline.resume(self.now_ms())
+                self._event("recording_resumed", {"tool": command.name, "call_id": command.call_id})
+        self.rt.metrics.tool_calls.labels(command.name, "ok" if ok else "error").inc()
+        try:
+            await self._handle(ToolFinished(command.call_id, command.name, output, ok))
         except Exception as exc:  # noqa: BLE001 - the call may have ended meanwhile
             log.warning("call.tool_result_undelivered", tool=command.name, error=repr(exc))
 
@@ -978,6 +1198,7 @@ class CallSession:
         self.phase = "finishing: closing Realtime"
         if self.upstream is not None:
             await self.upstream.close()
+        await self.engine.close()
         self.phase = "finishing: waiting for its tasks"
         pending = list(self._tasks)
         if pending:
@@ -1001,6 +1222,9 @@ class CallSession:
                 log.warning("budget.release_failed", call_sid=sid, error=repr(exc))
             redact = rt.redact
             self.live.meta({"status": "ended", "end_reason": redact(self.end_reason) if redact else self.end_reason})
+            if self.recorder is not None:
+                self.phase = "finishing: joining the recording"
+                self._event("recording", await self.recorder.finish() or {"key": None, "reason": "nothing recorded"})
             flushed = await self.live.flush(FLUSH_TIMEOUT_S)
             self.phase = "finishing: archiving"
             try:
@@ -1011,12 +1235,17 @@ class CallSession:
                     end_reason=self.end_reason,
                     lines=bridge.history,
                     events=self.events,
-                    usage={"responses": bridge.usage} if bridge.usage else None,
+                    usage={"responses" if self.engine.name == "realtime" else "chat": bridge.usage}
+                    if bridge.usage
+                    else None,
                 )
             except Exception:
                 log.exception("call.archive_failed", live_state_flushed=flushed)
         else:
-            # The call goes on elsewhere: make sure our part is in Redis, then let go of the lease.
+            # The call goes on elsewhere: make sure our part is in Redis (and our part of the recording in
+            # its store), then let go of the lease.
+            if self.recorder is not None:
+                await self.recorder.detach()
             await self.live.flush(FLUSH_TIMEOUT_S)
             if self._holder and not taken_over:
                 try:

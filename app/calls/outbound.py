@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from app.core.bridge import BridgeConfig
+from app.core.cascade_call import CascadeConfig
 from app.dialer.models import Campaign
 from app.settings import Settings
 
@@ -18,19 +19,35 @@ def campaign_bridge_config(base: BridgeConfig, settings: Settings, campaign: Cam
     """The per-call config of an outbound call: the campaign's instructions, and a greeting that names
     the business and gives the callback number (and, for marketing, the automated opt-out)."""
     callback = spoken_number(campaign.caller_id)
-    opt_out = (
-        ' Then say: "If you do not want these calls, say stop or press 9 and we will not call you again."'
-        if campaign.purpose == "marketing"
-        else ""
-    )
+    opt_out = f' Then say: "{OPT_OUT_OFFER}"' if campaign.purpose == "marketing" else ""
     greeting = (
         f'Open the call now. Say: "Hello, this is an automated call from {settings.business_name}. '
         f'You can call us back at {callback}."{opt_out} Then continue with the purpose of the call.'
     )
-    instructions = (
-        f"{base.session.instructions}\n\nThis is an outbound {campaign.purpose} call for {settings.business_name}. "
+    session = dataclasses.replace(base.session, instructions=campaign_instructions(base.session.instructions,
+                                                                                   settings, campaign))  # fmt: skip
+    return dataclasses.replace(base, session=session, greeting_instructions=greeting)
+
+
+OPT_OUT_OFFER = "If you do not want these calls, say stop or press 9 and we will not call you again."
+
+
+def campaign_instructions(base: str, settings: Settings, campaign: Campaign) -> str:
+    callback = spoken_number(campaign.caller_id)
+    return (
+        f"{base}\n\nThis is an outbound {campaign.purpose} call for {settings.business_name}. "
         f"The callback number is {callback}. If the callee asks not to be called again, call opt_out at once.\n"
         f"{campaign.instructions}"
     )
-    session = dataclasses.replace(base.session, instructions=instructions)
-    return dataclasses.replace(base, session=session, greeting_instructions=greeting)
+
+
+def campaign_cascade_config(base: CascadeConfig, settings: Settings, campaign: Campaign) -> CascadeConfig:
+    """The same for the cascaded engine, whose greeting is spoken as written: the identification and
+    callback number (and, for marketing, the opt-out offer), word for word."""
+    callback = spoken_number(campaign.caller_id)
+    greeting = f"Hello, this is an automated call from {settings.business_name}. You can call us back at {callback}."
+    if campaign.purpose == "marketing":
+        greeting += " " + OPT_OUT_OFFER
+    return dataclasses.replace(
+        base, instructions=campaign_instructions(base.instructions, settings, campaign), greeting=greeting
+    )

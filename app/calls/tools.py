@@ -36,6 +36,7 @@ class AgentTool:
     parameters: dict[str, Any]
     handler: ToolHandler
     timeout_s: float | None = None
+    sensitive: bool = False  # the recording pauses while it runs (a card being collected, say)
 
     def definition(self) -> dict[str, Any]:
         return {"type": "function", "name": self.name, "description": self.description, "parameters": self.parameters}
@@ -53,6 +54,10 @@ class ToolRegistry:
         if tool.parameters.get("type") != "object":
             raise ValueError(f"tool {tool.name!r}: parameters must be a JSON schema of type 'object'")
         self._tools[tool.name] = tool
+
+    def is_sensitive(self, name: str) -> bool:
+        tool = self._tools.get(name)
+        return tool is not None and tool.sensitive
 
     @property
     def names(self) -> frozenset[str]:

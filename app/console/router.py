@@ -8,27 +8,34 @@ the call list only. Every call read, search and export is audited with ``via="co
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
 import structlog
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
-from app.archive import review
+from app.archive import recordings, review
 from app.archive.facts import DISPOSITIONS
+from app.archive.models import AuditEntry
 from app.archive.search import BadQuery, parse_query, search_calls
-from app.auth.keys import Principal, Role, _hash, authenticate
+from app.auth.keys import Principal, Role, _hash, authenticate, create_api_key, list_keys, revoke_key
+from app.auth.keys import utcnow as time_now
 from app.auth.models import ApiKey
+from app.budget import router as budget_api
 from app.console import present
 from app.console.filters import read_filter_form
 from app.console.live import live_calls
@@ -44,13 +51,25 @@ from app.console.sessions import (
     tokens_match,
 )
 from app.db import SessionDep
+from app.dialer import router as dialer_api
+from app.dialer.contacts_import import parse_contacts_csv
+from app.dialer.models import Attempt, Campaign, Contact
 from app.http_guard import FailureBudget, key_id_of
+from app.problems import ProblemError
+from app.results.router import deliveries_of
 from app.runtime import Runtime
 
 log = structlog.get_logger()
 
 HERE = Path(__file__).parent
-STATIC = {"console.css": "text/css", "live.js": "text/javascript"}
+STATIC = {
+    "console.css": "text/css",
+    "live.js": "text/javascript",
+    "talk.js": "text/javascript",
+    "talk-worklet.js": "text/javascript",
+    "player.js": "text/javascript",
+    "tz.js": "text/javascript",
+}
 PAGE_SIZE = 50
 LIVE_AUDIT_EVERY_S = 60
 VIA = "console"
@@ -84,8 +103,10 @@ _templates.globals.update(
     duration=present.duration,
     usd=present.usd,
     millis=present.millis,
-    when=present.when,
-    epoch_ms=present.epoch_ms,
+    when=present.when_html,
+    epoch_ms=present.epoch_ms_html,
+    short_sid=present.short_sid,
+    event_text=present.event_text,
     highlight=present.highlight,
     speaker_label=present.speaker_label,
     reasons=present.reasons,
@@ -101,7 +122,7 @@ class Viewer:
     session: ConsoleSession
 
 
-def _codec(request: Request) -> SessionCodec:
+def _codec(request: HTTPConnection) -> SessionCodec:
     """Built on first use and kept on the app (the secret may be read from DATA_DIR)."""
     codec: SessionCodec | None = getattr(request.app.state, "console_codec", None)
     if codec is None:
@@ -115,7 +136,7 @@ def _codec(request: Request) -> SessionCodec:
     return codec
 
 
-def _runtime(request: Request) -> Runtime:
+def _runtime(request: HTTPConnection) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -196,6 +217,20 @@ async def _viewer(request: Request, db: AsyncSession) -> Viewer | Literal["revok
         log.info("console.session_refused", key_id=session.key_id, reason="key revoked or unknown")
         return "revoked"
     return Viewer(principal, session)
+
+
+async def socket_viewer(conn: HTTPConnection) -> Viewer | None:
+    """The console session behind a WebSocket's handshake (its cookie), with its key as it is now; None when
+    there is none, it expired or was signed out, or its key was revoked."""
+    cookie = conn.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    session = _codec(conn).load_session(cookie, now=time.time())
+    if session is None or await session_revoked(_runtime(conn).redis, session):
+        return None
+    async with _runtime(conn).sessionmaker() as db:
+        principal = await _principal_for(db, session.key_id)
+    return Viewer(principal, session) if principal is not None else None
 
 
 async def _signed_in(request: Request, db: AsyncSession) -> Viewer | RedirectResponse:
@@ -376,6 +411,7 @@ async def calls(
         errors=errors,
         page=page,
         words=present.search_words(form.filters.q),
+        names=await call_names(db, page.calls if page is not None else []),
         next_query=(
             form.query(limit=str(limit) if limit != PAGE_SIZE else "", cursor=page.next_cursor)
             if page is not None and page.next_cursor
@@ -419,6 +455,34 @@ async def export_calls(
     )
 
 
+async def call_names(db: AsyncSession, calls: Sequence[Any]) -> dict[str, dict[str, str]]:
+    """Who and what each call was for, by name: its campaign's, and for a dialed call its contact's."""
+    sids = [c.call_sid for c in calls]
+    campaign_ids = {c.campaign_id for c in calls if c.campaign_id}
+    campaigns: dict[int, str] = {}
+    if campaign_ids:
+        rows = await db.execute(select(Campaign.id, Campaign.name).where(Campaign.id.in_(campaign_ids)))
+        campaigns = {campaign_id: name for campaign_id, name in rows}
+    contacts: dict[str, str] = {}
+    if sids:
+        linked = await db.execute(
+            select(Attempt.call_sid, Contact.name)
+            .join(Contact, Contact.id == Attempt.contact_id)
+            .where(Attempt.call_sid.in_(sids), Contact.name.is_not(None))
+        )
+        contacts = {sid: name for sid, name in linked if sid and name}
+    names: dict[str, dict[str, str]] = {}
+    for c in calls:
+        entry: dict[str, str] = {}
+        if c.campaign_id in campaigns:
+            entry["campaign"] = campaigns[c.campaign_id]
+        contact = contacts.get(c.call_sid)
+        if contact:
+            entry["contact"] = contact
+        names[c.call_sid] = entry
+    return names
+
+
 # -- one call ---------------------------------------------------------------------------------------
 
 
@@ -443,6 +507,15 @@ async def call_page(call_sid: str, request: Request, db: SessionDep) -> Response
         call=call,
         transfers=present.transfers(call["events"]),
         opt_outs=present.opt_outs(call["events"]),
+        stages=present.turn_stages(call["events"]),
+        marks=present.recording_marks(call["events"], call["tools"]),
+        cuts=present.cut_reasons(call["transcript"], call["events"]),
+        cut_reasons=present.CUT_REASONS,
+        player=bool(call["recording_ms"])
+        and call["recording_deleted_at"] is None
+        and viewer.principal.hears_recordings,
+        deliveries=await deliveries_of(db, call_sid),
+        names=(await call_names(db, [view.call]))[call_sid],
     )
 
 
@@ -469,6 +542,33 @@ async def export_call(
         media_type=media,
         headers={**HEADERS, "Content-Disposition": f'attachment; filename="{call_sid}.{format}"'},
     )
+
+
+@router.get("/calls/{call_sid}/recording")
+async def call_recording(
+    call_sid: str,
+    request: Request,
+    db: SessionDep,
+    download: Annotated[bool, Query()] = False,
+) -> Response:
+    """The player's source (and the download link): the same bytes, ranges and audit as the API's."""
+    viewer = await _signed_in(request, db)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    if not viewer.principal.hears_recordings:
+        return _problem_page(
+            request, viewer, 403, "Not allowed: recordings",
+            f"Your key (role {viewer.principal.role.value}) may not hear recordings: that needs a supervisor or "
+            "admin key, or an ops key with the 'recordings' grant.",
+        )  # fmt: skip
+    runtime = _runtime(request)
+    try:
+        return await recordings.recording_response(
+            db, runtime.recordings, runtime.redis, viewer.principal, call_sid,
+            range_header=request.headers.get("range"), download=download, via=VIA,
+        )  # fmt: skip
+    except ProblemError as exc:
+        return _problem_page(request, viewer, exc.status, exc.title, exc.detail or exc.title)
 
 
 # -- live calls -------------------------------------------------------------------------------------
@@ -518,6 +618,287 @@ async def live_json(request: Request, db: SessionDep) -> Response:
     if first:
         await review.audit(db, viewer.principal, "read_live", detail={"calls": _live_sids(calls)}, via=VIA)
     return JSONResponse({"at": datetime.now(UTC).isoformat(), "calls": calls}, headers=HEADERS)
+
+
+# -- talk to the agent --------------------------------------------------------------------------------
+
+
+@router.get("/talk", response_class=HTMLResponse)
+async def talk_page(request: Request, db: SessionDep) -> Response:
+    """A call to the agent from the browser: microphone in, the agent's voice out, the transcript live."""
+    viewer = await _signed_in(request, db)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    if not viewer.principal.may_talk:
+        role = viewer.principal.role.value
+        return _problem_page(request, viewer, 403, "Not allowed: talking to the agent",
+                             f"Your key (role {role}) may not place calls from the console. Supervisors and admins "
+                             "may, and ops keys with the 'talk' grant.")  # fmt: skip
+    engine = _runtime(request).settings.engine
+    return _render(request, "talk.html", viewer=viewer, title="Talk to the agent", section="talk", engine=engine)
+
+
+async def _gated(
+    request: Request,
+    db: AsyncSession,
+    gate: Callable[[Request, Viewer], HTMLResponse | None],
+    csrf_token: str | None = None,
+) -> Viewer | Response:
+    """The signed-in viewer if ``gate`` lets them through (and, for a form, its CSRF token matches their
+    session's); else the page or redirect that says why not."""
+    viewer = await _signed_in(request, db)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    refused = gate(request, viewer)
+    if refused is not None:
+        return refused
+    if csrf_token is not None and not tokens_match(viewer.session.csrf, csrf_token):
+        return _csrf_refused(request, viewer)
+    return viewer
+
+
+# -- ops: campaigns ---------------------------------------------------------------------------------
+
+CAMPAIGN_FIELDS = ("name", "purpose", "subject", "caller_id", "instructions", "window_start", "window_end")
+
+
+def _ops_only(request: Request, viewer: Viewer) -> HTMLResponse | None:
+    if viewer.principal.role not in (Role.ops, Role.admin):
+        return _problem_page(request, viewer, 403, "Not allowed: campaigns",
+                             "Campaigns are run with an ops or admin key.")  # fmt: skip
+    return None
+
+
+async def _campaigns_page(request: Request, viewer: Viewer, db: AsyncSession, **extra: Any) -> HTMLResponse:
+    rows = list(await db.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(200)))
+    extra.setdefault("errors", [])
+    extra.setdefault("form", dict.fromkeys(CAMPAIGN_FIELDS, ""))
+    return _render(request, "campaigns.html", viewer=viewer, title="Campaigns", section="campaigns", campaigns=rows,
+                   status_code=422 if extra["errors"] else 200, **extra)  # fmt: skip
+
+
+@router.get("/campaigns", response_class=HTMLResponse)
+async def campaigns_page(request: Request, db: SessionDep) -> Response:
+    viewer = await _gated(request, db, _ops_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    return await _campaigns_page(request, viewer, db)
+
+
+@router.post("/campaigns", response_class=HTMLResponse)
+async def make_campaign(request: Request, db: SessionDep) -> Response:
+    """The API's rules (dialer.CampaignIn), from a form: what they refuse is listed by the form."""
+    viewer = await _gated(request, db, _ops_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    form_data = await request.form()
+    if not tokens_match(viewer.session.csrf, str(form_data.get("csrf_token", ""))):
+        return _csrf_refused(request, viewer)
+    form = {name: str(form_data.get(name, ""))[:20_000].strip() for name in CAMPAIGN_FIELDS}
+    values = {k: v for k, v in form.items() if v or k in ("name", "subject", "caller_id")}
+    try:
+        made = await dialer_api.create_campaign(dialer_api.CampaignIn.model_validate(values), db)
+    except ValidationError as exc:
+        errors = [f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()]
+        return await _campaigns_page(request, viewer, db, errors=errors, form=form)
+    except ProblemError as exc:
+        return await _campaigns_page(request, viewer, db, errors=[exc.detail or exc.title], form=form)
+    return RedirectResponse(f"/console/campaigns/{made.id}", status_code=303, headers=HEADERS)
+
+
+async def _campaign_page(
+    request: Request, viewer: Viewer, db: AsyncSession, campaign_id: int, **extra: Any
+) -> HTMLResponse:
+    try:
+        campaign = await dialer_api.get_campaign(campaign_id, db)
+    except ProblemError as exc:
+        return _problem_page(request, viewer, exc.status, exc.title, exc.detail or exc.title)
+    progress = await dialer_api.campaign_progress(campaign_id, db)
+    contacts = await dialer_api.list_contacts(campaign_id, db, limit=100, offset=0, phone=None, status=None)
+    actions = [a for a, (allowed, _) in dialer_api.TRANSITIONS.items() if campaign.status in allowed]
+    for key in ("notice", "report", "import_error"):
+        extra.setdefault(key, None)
+    return _render(request, "campaign.html", viewer=viewer, title=campaign.name, section="campaigns",
+                   campaign=campaign, progress=progress, contacts=contacts, actions=actions, **extra)  # fmt: skip
+
+
+@router.get("/campaigns/{campaign_id}", response_class=HTMLResponse)
+async def campaign_page(campaign_id: int, request: Request, db: SessionDep) -> Response:
+    viewer = await _gated(request, db, _ops_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    return await _campaign_page(request, viewer, db, campaign_id)
+
+
+@router.post("/campaigns/{campaign_id}/import", response_class=HTMLResponse)
+async def campaign_import(campaign_id: int, request: Request, db: SessionDep) -> Response:
+    viewer = await _gated(request, db, _ops_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    limit = _runtime(request).settings.max_import_body_bytes
+    form_data = await request.form(max_part_size=limit)
+    if not tokens_match(viewer.session.csrf, str(form_data.get("csrf_token", ""))):
+        return _csrf_refused(request, viewer)
+    upload = form_data.get("file")
+    if upload is None or isinstance(upload, str):
+        return await _campaign_page(request, viewer, db, campaign_id, import_error="Choose a CSV file to import.")
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        return await _campaign_page(
+            request, viewer, db, campaign_id, import_error=f"Files are limited to {limit} bytes."
+        )
+    try:
+        campaign = await db.get(Campaign, campaign_id)
+        if campaign is None:
+            return _problem_page(request, viewer, 404, "Campaign not found", f"No campaign {campaign_id}.")
+        parsed = await asyncio.to_thread(parse_contacts_csv, data, now=time_now())
+        report = await dialer_api.import_report(db, campaign, parsed)
+    except ProblemError as exc:
+        return await _campaign_page(request, viewer, db, campaign_id, import_error=exc.detail or exc.title)
+    return await _campaign_page(request, viewer, db, campaign_id, report=report)
+
+
+@router.post("/campaigns/{campaign_id}/{action}", response_class=HTMLResponse)
+async def campaign_action(
+    campaign_id: int,
+    action: str,
+    request: Request,
+    db: SessionDep,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    viewer = await _gated(request, db, _ops_only, csrf_token)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    if action not in dialer_api.TRANSITIONS:
+        return _problem_page(request, viewer, 404, "Not found", f"No action {action!r} for a campaign.")
+    try:
+        changed = await dialer_api.change_status(campaign_id, action, db)
+    except ProblemError as exc:
+        return await _campaign_page(request, viewer, db, campaign_id, notice=exc.detail or exc.title)
+    return await _campaign_page(request, viewer, db, campaign_id, notice=f"The campaign is {changed.status} now.")
+
+
+# -- admin: keys and the audit log ------------------------------------------------------------------
+
+GRANT_WORDS = (
+    ("transcripts", "read calls' transcripts, search what was said, export"),
+    ("talk", "talk to the agent from this console"),
+    ("recordings", "hear and download recordings"),
+)
+
+
+def _admin_only(request: Request, viewer: Viewer) -> HTMLResponse | None:
+    if viewer.principal.role is not Role.admin:
+        return _problem_page(request, viewer, 403, "Not allowed: admins only",
+                             "API keys and the audit log are for admin keys.")  # fmt: skip
+    return None
+
+
+async def _keys_page(request: Request, viewer: Viewer, db: AsyncSession, **extra: Any) -> HTMLResponse:
+    rows = await list_keys(db)
+    extra.setdefault("made", None)
+    extra.setdefault("notice", None)
+    return _render(request, "keys.html", viewer=viewer, title="API keys", section="keys", keys=rows,
+                   grants=GRANT_WORDS, **extra)  # fmt: skip
+
+
+@router.get("/keys", response_class=HTMLResponse)
+async def keys_page(request: Request, db: SessionDep) -> Response:
+    viewer = await _gated(request, db, _admin_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    return await _keys_page(request, viewer, db)
+
+
+@router.post("/keys", response_class=HTMLResponse)
+async def make_key(
+    request: Request,
+    db: SessionDep,
+    name: Annotated[str, Form(min_length=1, max_length=100)],
+    role: Annotated[Literal["admin", "ops", "supervisor"], Form()],
+    grants: Annotated[list[Literal["transcripts", "talk", "recordings"]] | None, Form()] = None,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    viewer = await _gated(request, db, _admin_only, csrf_token)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    chosen = tuple(grants or ())
+    key = await create_api_key(db, role=Role(role), name=name.strip(), now=time_now(), grants=chosen)
+    await review.audit(db, viewer.principal, "create_key", target=key.split("_")[1],
+                       detail={"role": role, "name": name.strip(), "grants": list(chosen)}, via=VIA)  # fmt: skip
+    made = {"name": name.strip(), "role": role, "key": key}
+    return await _keys_page(request, viewer, db, made=made)
+
+
+@router.post("/keys/{key_id}/revoke", response_class=HTMLResponse)
+async def revoke_key_form(
+    key_id: str, request: Request, db: SessionDep, csrf_token: Annotated[str, Form(max_length=200)] = ""
+) -> Response:
+    viewer = await _gated(request, db, _admin_only, csrf_token)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    if key_id == viewer.principal.key_id:
+        return _problem_page(
+            request, viewer, 409, "Not your own key", "Sign in with another admin key to revoke this one."
+        )
+    row = await revoke_key(db, key_id, now=time_now())
+    if row is None:
+        return _problem_page(request, viewer, 404, "Key not found", f"No API key {key_id}.")
+    await review.audit(db, viewer.principal, "revoke_key", target=key_id, detail={"role": row.role, "name": row.name},
+                       via=VIA)  # fmt: skip
+    return await _keys_page(request, viewer, db, notice=f"Revoked {row.name} ({key_id}): it can no longer sign in.")
+
+
+@router.get("/budget", response_class=HTMLResponse)
+async def budget_page(request: Request, db: SessionDep) -> Response:
+    """Caps and today's spend, with what calls in progress hold for their closing lines (admins)."""
+    viewer = await _gated(request, db, _admin_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    overview = await budget_api.overview(request)
+    campaigns = [
+        (cid, name) for cid, name in await db.execute(select(Campaign.id, Campaign.name).order_by(Campaign.id))
+    ]
+    return _render(request, "budget.html", viewer=viewer, title="Budget", section="budget", caps=overview.caps,
+                   spend=overview.spend, campaigns=campaigns)  # fmt: skip
+
+
+AUDIT_ACTIONS = (
+    "login", "read_call", "export_call", "export_search", "search", "read_live", "play_recording",
+    "download_recording", "delete_recording", "recording_retention", "retention_purge", "create_key", "revoke_key",
+    "redeliver_webhook",
+)  # fmt: skip
+
+
+@router.get("/audit", response_class=HTMLResponse)
+async def audit_page(
+    request: Request,
+    db: SessionDep,
+    key_id: Annotated[str, Query(max_length=32)] = "",
+    action: Annotated[str, Query(max_length=32)] = "",
+    call_sid: Annotated[str, Query(max_length=64)] = "",
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> Response:
+    viewer = await _gated(request, db, _admin_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(PAGE_SIZE + 1)
+    if key_id.strip():
+        query = query.where(AuditEntry.key_id == key_id.strip())
+    if action.strip():
+        query = query.where(AuditEntry.action == action.strip())
+    if call_sid.strip():
+        query = query.where(AuditEntry.target == call_sid.strip())
+    if before is not None:
+        query = query.where(AuditEntry.id < before)
+    rows = list(await db.scalars(query))
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    filters = {"key_id": key_id.strip(), "action": action.strip(), "call_sid": call_sid.strip()}
+    next_before = rows[-1].id if more and rows else None
+    next_query = urlencode({**{k: v for k, v in filters.items() if v}, "before": next_before or ""})
+    return _render(request, "audit.html", viewer=viewer, title="Audit log", section="audit", entries=rows,
+                   filters=filters, actions=AUDIT_ACTIONS, next_before=next_before, next_query=next_query)  # fmt: skip
 
 
 # -- static files -----------------------------------------------------------------------------------

@@ -27,8 +27,65 @@ from app.core.audio import (
     Resampler,
     upstream_ms,
 )
-from app.core.playback import PlaybackTracker
+from app.core.audio_counters import AudioCounters
+from app.core.call_events import (  # the calls' vocabulary, re-exported (``X as X``): the bridge speaks it
+    Command as Command,
+)
+from app.core.call_events import (
+    HandOff as HandOff,
+)
+from app.core.call_events import (
+    HangUp as HangUp,
+)
+from app.core.call_events import (
+    HardStop as HardStop,
+)
+from app.core.call_events import (
+    OptOut as OptOut,
+)
+from app.core.call_events import (
+    RecordCallEvent as RecordCallEvent,
+)
+from app.core.call_events import (
+    RestartUpstream as RestartUpstream,
+)
+from app.core.call_events import (
+    RunTool as RunTool,
+)
+from app.core.call_events import (
+    SaveTranscript as SaveTranscript,
+)
+from app.core.call_events import (
+    SendToRealtime as SendToRealtime,
+)
+from app.core.call_events import (
+    SendToTwilio as SendToTwilio,
+)
+from app.core.call_events import (
+    Tick as Tick,
+)
+from app.core.call_events import (
+    ToolFinished as ToolFinished,
+)
+from app.core.call_events import (
+    TranscriptLine as TranscriptLine,
+)
+from app.core.call_events import (
+    TransferCall as TransferCall,
+)
+from app.core.call_events import (
+    UpstreamLost as UpstreamLost,
+)
+from app.core.call_events import (
+    UpstreamReady as UpstreamReady,
+)
+from app.core.call_events import (
+    WrapUp as WrapUp,
+)
+from app.core.caller_input import CallerInput
+from app.core.playback import AgentPlayback
 from app.core.tools import END_CALL, HANDOFF_INSTRUCTIONS, OPT_OUT, TRANSFER_TO_HUMAN
+from app.core.transport import TWILIO, Passthrough, TransportAudio
 from app.core.twilio_media import (
     DtmfReceived,
     MarkAcknowledged,
@@ -36,147 +93,9 @@ from app.core.twilio_media import (
     StreamConnected,
     StreamStarted,
     StreamStopped,
-    TwilioOutbound,
 )
-
-TWILIO_FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
-
-# --- events the glue feeds in besides Twilio's and the Realtime server's -------------------
-
 
 UNTRANSCRIBED = "[the caller spoke; it could not be transcribed]"
-
-
-@dataclass(slots=True)
-class UpstreamReady:
-    """The Realtime socket is open; session.update may be sent."""
-
-
-@dataclass(slots=True)
-class UpstreamLost:
-    """The Realtime socket is gone (dropped, expired, or closed by us to roll over)."""
-
-    reason: str
-
-
-@dataclass(slots=True)
-class ToolFinished:
-    call_id: str
-    name: str
-    output: str
-    ok: bool
-
-
-@dataclass(slots=True)
-class WrapUp:
-    """A cost cap is near: the agent closes politely; the call ends after that, or at ``grace_ms``."""
-
-    instructions: str
-    reason: str
-    grace_ms: int
-    max_output_tokens: int | None = None  # every response from here on is held to this
-
-
-@dataclass(slots=True)
-class HardStop:
-    """Past a cap and past the grace: hang up now."""
-
-    reason: str
-
-
-@dataclass(slots=True)
-class Tick:
-    """Periodic clock tick so deadlines fire without a frame arriving."""
-
-
-# --- commands the glue carries out ----------------------------------------------------------
-
-
-@dataclass(slots=True)
-class SendToTwilio:
-    text: str
-
-
-@dataclass(slots=True)
-class SendToRealtime:
-    data: bytes
-
-
-@dataclass(slots=True)
-class RunTool:
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
-
-
-@dataclass(slots=True)
-class OptOut:
-    """Revoke consent and add the number to the internal do-not-call list, now."""
-
-    reason: str
-    source: str  # "opt_out_tool" | "dtmf"
-
-
-@dataclass(slots=True)
-class HangUp:
-    reason: str
-
-
-@dataclass(slots=True)
-class HandOff:
-    """The model cannot carry the call (it failed to answer twice in a row): the caller is apologised to
-    and transferred, or the call ends, as when the Realtime service is gone."""
-
-    reason: str
-
-
-@dataclass(slots=True)
-class RestartUpstream:
-    """The Realtime session is unusable (it refused our configuration, or never confirmed it): close it
-    and open a new one, as after any loss of the session."""
-
-    reason: str
-
-
-@dataclass(slots=True)
-class TransferCall:
-    number: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriptLine:
-    seq: int
-    speaker: str  # "caller" | "agent"
-    text: str
-    offset_ms: int
-    interrupted: bool = False
-    item_id: str | None = None
-
-
-@dataclass(slots=True)
-class SaveTranscript:
-    line: TranscriptLine
-
-
-@dataclass(slots=True)
-class RecordCallEvent:
-    kind: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-Command = (
-    SendToTwilio
-    | SendToRealtime
-    | RunTool
-    | HangUp
-    | TransferCall
-    | OptOut
-    | SaveTranscript
-    | RecordCallEvent
-    | RestartUpstream
-    | HandOff
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,33 +166,51 @@ def _summary(lines: Sequence[TranscriptLine], max_chars: int) -> str:
     return "Earlier in this call (continue from here; do not greet the caller again):\n" + text
 
 
-class CallBridge:
+class CallBridge(AudioCounters):
     """Decides everything about one call; see the module docstring."""
 
     def __init__(
-        self, config: BridgeConfig, *, started_at_ms: int, history: Sequence[TranscriptLine] = (), greeted: bool = False
+        self,
+        config: BridgeConfig,
+        *,
+        started_at_ms: int,
+        history: Sequence[TranscriptLine] = (),
+        greeted: bool = False,
+        transport: TransportAudio = TWILIO,
     ) -> None:
         self.config = config
+        self.transport = transport
+        # The page speaks PCM16 24 kHz, the session's own format (a browser call's session is always pcm24k)
+        passthrough = transport.pcm24k and config.audio_format == "pcm24k"
         self.started_at_ms = started_at_ms
         self.history: list[TranscriptLine] = sorted(history, key=lambda line: (line.offset_ms, line.seq))
         self.greeted = greeted or bool(history)
         self.call_sid: str | None = None
         self.stream_sid: str | None = None
         self.custom_parameters: dict[str, str] = {}
-        self._twilio: TwilioOutbound | None = None
-        self._caller_audio = CallerAudioPath(config.audio_format, config.resample_quality, config.resampler)
-        self._agent_audio = AgentAudioPath(config.audio_format, config.resample_quality, config.resampler)
-        self.playback = PlaybackTracker()
+        self.caller = CallerInput(
+            Passthrough()
+            if passthrough
+            else CallerAudioPath(config.audio_format, config.resample_quality, config.resampler),
+            max_held=config.max_buffered_frames,
+            replay=config.replay_frames,
+            bytes_per_s=transport.bytes_per_ms * 1000,
+        )
+        # Agent audio to the caller, and what they heard of it: the playback both engines share
+        self.out = AgentPlayback(
+            Passthrough()
+            if passthrough
+            else AgentAudioPath(config.audio_format, config.resample_quality, config.resampler),
+            config.media_chunk_bytes if transport is TWILIO else transport.chunk_bytes,
+            transport.frame_bytes,
+            transport.bytes_per_ms,
+        )
+        self.playback = self.out.tracker
         self.upstream_ready = False
         # (event_id, sent at ms) of the session.update awaiting its session.updated; audio waits meanwhile
         self._configuring: tuple[str, int] | None = None
         self._session_seq = 0
-        self._held_audio: deque[bytes] = deque(maxlen=config.max_buffered_frames)
-        self._recent_audio: deque[bytes] = deque(maxlen=config.replay_frames)
         self.frames_in = 0
-        self.frames_held = 0
-        self.frames_dropped = 0
-        self.frames_replayed = 0  # held frames sent to a (new) session once it was ready
         self.caller_speaking = False
 
         # response sequencing
@@ -293,8 +230,6 @@ class CallBridge:
         # agent audio and transcript
         self._items: dict[str, _AgentItem] = {}
         self._finished_items: set[str] = set()
-        self._out_item: str | None = None
-        self._out_buf = bytearray()
         self._speech_offsets: dict[str, int] = {}
         self._line_seq = max((line.seq for line in self.history), default=0)
         self.usage: list[dict[str, Any]] = []
@@ -308,7 +243,8 @@ class CallBridge:
         self.wrapping_up = False
         self._response_token_limit: int | None = None
         self._turn_stopped_ms: int | None = None
-        self.agent_bytes_out = 0
+        self._turns = 0  # caller turns (speech stopped), for the per-turn latency stages
+        self._turn_stages: set[str] = set()
 
         self._dispatch: dict[type, Callable[[Any, int], list[Command]]] = {
             MediaReceived: self._on_media,
@@ -357,7 +293,7 @@ class CallBridge:
         self.call_sid = ev.call_sid
         self.stream_sid = ev.stream_sid
         self.custom_parameters = ev.custom_parameters
-        self._twilio = TwilioOutbound(ev.stream_sid)
+        self.out.wire = self.transport.wire(ev.stream_sid)
         return [RecordCallEvent("stream_started", {"stream_sid": ev.stream_sid})]
 
     def _on_media(self, ev: MediaReceived, now_ms: int) -> list[Command]:
@@ -370,17 +306,7 @@ class CallBridge:
         self.frames_in += 1
         if self.ended:
             return None  # the call is over on our side: nothing more goes upstream (or costs anything)
-        audio = self._caller_audio.convert(payload)
-        if not audio:
-            return None  # a resampler still filling up (soxr): the API takes no empty append
-        if not self.upstream_ready:
-            self.frames_held += 1
-            if len(self._held_audio) == self._held_audio.maxlen:
-                self.frames_dropped += 1
-            self._held_audio.append(audio)
-            return None
-        self._recent_audio.append(audio)
-        return rt.audio_append(audio)
+        return self.caller.frame(payload)
 
     def _on_dtmf(self, ev: DtmfReceived, now_ms: int) -> list[Command]:
         out: list[Command] = [RecordCallEvent("dtmf", {"digit": ev.digit})]
@@ -423,7 +349,7 @@ class CallBridge:
         """A (new) session: configure it. Nothing else is sent until the session confirms the whole
         configuration (one bad field rejects all of it, and the session would then run on its defaults:
         no tools, no transcription, 24 kHz PCM)."""
-        self.upstream_ready = False
+        self.upstream_ready = self.caller.ready = False
         self._session_seq += 1
         event_id = f"sb_session_{self._session_seq}"
         self._configuring = (event_id, now_ms)
@@ -455,11 +381,9 @@ class CallBridge:
             self._request_response(self.config.greeting_instructions, out)
         elif recent and recent[-1].speaker == "caller":
             self._request_response(None, out)  # the caller spoke last and is waiting for an answer
-        if self._held_audio:
-            out.append(RecordCallEvent("caller_audio_replayed", {"frames": len(self._held_audio)}))
-            self.frames_replayed += len(self._held_audio)
-        while self._held_audio:
-            out.append(SendToRealtime(rt.audio_append(self._held_audio.popleft())))
+        if self.caller.held:
+            out.append(RecordCallEvent("caller_audio_replayed", {"frames": self.caller.held}))
+        out += [SendToRealtime(append) for append in self.caller.session_ready()]
         return out
 
     def _on_upstream_lost(self, ev: UpstreamLost, now_ms: int) -> list[Command]:
@@ -469,8 +393,7 @@ class CallBridge:
         self._configuring = None
         self._session_items.clear()
         self._session_calls.clear()
-        self._held_audio.extendleft(reversed(self._recent_audio))
-        self._recent_audio.clear()
+        self.caller.session_lost()
         self._server_response = None
         self._create_inflight = None
         self._sent_creates.clear()
@@ -484,13 +407,18 @@ class CallBridge:
         self._function_calls.clear()
         self.caller_speaking = False
         # Agent audio already sent keeps playing at Twilio; its line is written as far as it got.
-        self._flush_agent_audio(out)
+        self.out.flush(out)
         for item in list(self._items.values()):
             if not item.finalized:
                 self._muted_responses.add(item.response_id)
                 total = upstream_ms(self.config.audio_format, item.upstream_bytes)
                 self._emit_agent_line(item, item.text, int(total), total, out, cut_short=item.transcript is None)
         return out
+
+    @property
+    def pending_speech_ms(self) -> int | None:
+        """When the earliest caller speech still awaiting its transcript began (ms from the call's start)."""
+        return min(self._speech_offsets.values(), default=None)
 
     @property
     def awaiting_transcription(self) -> bool:
@@ -507,11 +435,11 @@ class CallBridge:
             and self._create_inflight is None
             and not self._queued_creates
             and not self.playback.unplayed
-            and not self._out_buf
+            and not self.out.unsent
         )
 
     def _on_audio_delta(self, ev: rt.AudioDelta, now_ms: int) -> list[Command]:
-        if self.ended or ev.response_id in self._muted_responses or self._twilio is None:
+        if self.ended or ev.response_id in self._muted_responses or self.out.wire is None:
             return []  # after the end (a hard stop mid-sentence) nothing more is played
         self.greeted = True
         item = self._item(ev.item_id, ev.response_id, now_ms)
@@ -519,41 +447,18 @@ class CallBridge:
             return []
         out: list[Command] = []
         item.upstream_bytes += len(ev.audio)
-        if self._out_item != ev.item_id:
-            self._flush_agent_audio(out)
-            self._out_item = ev.item_id
-        buf = self._out_buf
-        buf += self._agent_audio.convert(ev.audio)
-        if len(buf) >= TWILIO_FRAME_BYTES:
-            twilio = self._twilio
-            n = len(buf) - len(buf) % TWILIO_FRAME_BYTES  # whole frames now; a partial one waits for the next delta
-            self.agent_bytes_out += n
-            step = self.config.media_chunk_bytes
-            for i in range(0, n, step):
-                chunk = bytes(buf[i : min(i + step, n)])
-                out.append(SendToTwilio(twilio.media(chunk)))
-                out.append(SendToTwilio(twilio.mark(self.playback.audio_sent(ev.item_id, len(chunk)))))
-            del buf[:n]
-            if self._turn_stopped_ms is not None:  # once per turn: the first agent audio after the caller stopped
-                out.append(
-                    RecordCallEvent("turn_latency", {"ms": now_ms - self._turn_stopped_ms, "item_id": ev.item_id})
-                )
-                self._turn_stopped_ms = None
+        if self._turn_stopped_ms is not None:
+            self._turn_stage("first_delta", now_ms, out)
+        if self.out.audio(ev.item_id, ev.audio, out) and self._turn_stopped_ms is not None:
+            # once per turn: the first agent audio after the caller stopped
+            self._turn_stage("first_audio", now_ms, out)
+            out.append(RecordCallEvent("turn_latency", {"ms": now_ms - self._turn_stopped_ms, "item_id": ev.item_id}))
+            self._turn_stopped_ms = None
         return out
-
-    def _flush_agent_audio(self, out: list[Command]) -> None:
-        if self._out_buf and self._out_item is not None and self._twilio is not None:
-            self.agent_bytes_out += len(self._out_buf)
-            out.append(SendToTwilio(self._twilio.media(bytes(self._out_buf))))
-            out.append(SendToTwilio(self._twilio.mark(self.playback.audio_sent(self._out_item, len(self._out_buf)))))
-        self._out_buf.clear()
 
     def _on_audio_done(self, ev: rt.AudioDone, now_ms: int) -> list[Command]:
         out: list[Command] = []
-        if ev.item_id == self._out_item:
-            if ev.response_id not in self._muted_responses:
-                self._out_buf += self._agent_audio.drain()
-            self._flush_agent_audio(out)
+        self.out.finish(ev.item_id, out, drain=ev.response_id not in self._muted_responses)
         item = self._items.get(ev.item_id)
         if item is not None:
             item.audio_done = True
@@ -590,7 +495,7 @@ class CallBridge:
     def _finalize_if_played(self, item: _AgentItem, out: list[Command]) -> None:
         if item.finalized or item.transcript is None or not item.audio_done:
             return
-        if item.item_id == self._out_item and self._out_buf:
+        if item.item_id == self.out.item and self.out.unsent:
             return
         if not self.playback.drained(item.item_id):
             return
@@ -608,11 +513,9 @@ class CallBridge:
         cut_short: bool = False,
     ) -> None:
         item.finalized = True
-        self.playback.forget(item.item_id)
+        self.out.forget(item.item_id)
         self._items.pop(item.item_id, None)
         self._finished_items.add(item.item_id)
-        if self._out_item == item.item_id and not self._out_buf:
-            self._out_item = None
         interrupted = cut_short or (item.upstream_bytes > 0 and heard_ms < total_ms - 20)
         spoken = cut_transcript(text, heard_ms, total_ms) if interrupted else text
         if not spoken:
@@ -636,28 +539,33 @@ class CallBridge:
     def _on_speech_stopped(self, ev: rt.SpeechStopped, now_ms: int) -> list[Command]:
         self.caller_speaking = False
         self._turn_stopped_ms = now_ms  # the turn's latency runs until its answer's first audio goes out
+        self._turns += 1
+        self._turn_stages = set()
         return []
+
+    def _turn_stage(self, stage: str, now_ms: int, out: list[Command]) -> None:
+        """A latency stage of the current caller turn, once: response_created, first_delta, first_audio."""
+        if self._turn_stopped_ms is not None and stage not in self._turn_stages:
+            self._turn_stages.add(stage)
+            detail = {"turn": self._turns, "stage": stage, "ms": now_ms - self._turn_stopped_ms}
+            out.append(RecordCallEvent("turn_stage", detail))
 
     def _on_speech_started(self, ev: rt.SpeechStarted, now_ms: int) -> list[Command]:
         self._speech_offsets[ev.item_id] = self._offset(now_ms)
         self.caller_speaking = True
         out: list[Command] = []
         self._cancel_hang_up(out)
-        had_unsent = bool(self._out_buf)
-        cut = dict(self.playback.clear())
         # The item being streamed may be fully played so far, yet OpenAI generated more of it than
         # the caller heard (the rest was still on its way): it is cut too.
-        streaming = self._items.get(self._out_item) if self._out_item is not None else None
-        if streaming is not None and not streaming.finalized and streaming.item_id not in cut:
+        also: dict[str, int] = {}
+        streaming = self._items.get(self.out.item) if self.out.item is not None else None
+        if streaming is not None and not streaming.finalized:
             heard = self.playback.played_ms(streaming.item_id)
             if heard < upstream_ms(self.config.audio_format, streaming.upstream_bytes) - 1:
-                cut[streaming.item_id] = heard
-        if not cut and not had_unsent:
+                also[streaming.item_id] = heard
+        cut = self.out.clear(out, also)
+        if not cut:
             return out
-        assert self._twilio is not None
-        out.append(SendToTwilio(self._twilio.clear()))
-        self._out_buf.clear()
-        self._agent_audio.discard()
         for item_id, heard_ms in cut.items():
             item = self._items.get(item_id)
             sent_upstream = upstream_ms(self.config.audio_format, item.upstream_bytes) if item else 0.0
@@ -707,7 +615,9 @@ class CallBridge:
         if self._create_inflight is not None:
             self._response_instructions[ev.response_id] = self._sent_creates.get(self._create_inflight)
         self._create_inflight = None
-        return []
+        out: list[Command] = []
+        self._turn_stage("response_created", now_ms, out)
+        return out
 
     def _on_response_done(self, ev: rt.ResponseDone, now_ms: int) -> list[Command]:
         if self._server_response == ev.response_id:
@@ -898,7 +808,7 @@ class CallBridge:
             and self._create_inflight is None
             and not self._queued_creates
             and not self.playback.unplayed
-            and not self._out_buf
+            and not self.out.unsent
         )
         if settled or now_ms >= self._end_deadline_ms:
             self._end_action = None

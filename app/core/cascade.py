@@ -46,11 +46,13 @@ class CallerStoppedSpeaking:
 
 @dataclass(frozen=True, slots=True)
 class CallerSaid:
-    """A final transcript of one caller turn."""
+    """A final transcript of one caller turn (or a key press, told as words). ``heard_ms``: how much of the
+    answer being played the caller had heard, should these words interrupt it."""
 
     item_id: str
     text: str
     at_ms: int
+    heard_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class ChatFailed:
     request: int
     error: str
     at_ms: int
+    heard_ms: int | None = None  # of the answer being played, should the call give up now
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +103,25 @@ class SpeechFailed:
     clause: int
     error: str
     at_ms: int
+    heard_ms: int | None = None  # of the answer being played, should the call give up now
 
 
 @dataclass(frozen=True, slots=True)
 class ToolFinished:
+    """A tool's result. ``follow_up`` False: it goes into the history but asks the model for nothing more
+    (ending the call, transferring it: what was said before the call is the last of the answer)."""
+
     call_id: str
     output: str
+    at_ms: int
+    follow_up: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackDrained:
+    """Everything handed out for the turn has played at the caller's end (after ``AnswerStreamed``)."""
+
+    turn: int
     at_ms: int
 
 
@@ -121,6 +137,7 @@ Event = (
     | SpeechFinished
     | SpeechFailed
     | ToolFinished
+    | PlaybackDrained
 )
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -130,6 +147,7 @@ Event = (
 class StartChat:
     request: int
     messages: tuple[dict[str, Any], ...]
+    max_tokens: int | None = None  # a closing line (a cost cap's wrap-up) is held to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +177,15 @@ class PlayAudio:
 @dataclass(frozen=True, slots=True)
 class ClearPlayback:
     """Barge-in: the caller's playback buffer is flushed (Twilio ``clear``, the page's jitter buffer)."""
+
+    turn: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerStreamed:
+    """The turn's last audio has been handed out (``PlayAudio``): the shell pushes out what its converter
+    holds and says ``PlaybackDrained`` once the caller has heard it all. Until then the turn is still
+    playing: caller speech is a barge-in, and the transcript line waits."""
 
     turn: int
 
@@ -202,6 +229,7 @@ Command = (
     | CancelSpeech
     | PlayAudio
     | ClearPlayback
+    | AnswerStreamed
     | RunTool
     | AgentSaid
     | StageReached
@@ -229,6 +257,7 @@ class _Turn:
     next_out: int = 0  # the clause whose audio goes out now
     stages: set[str] = field(default_factory=set)
     answer_index: int | None = None  # the history entry of the answer's final words, once the chat ended
+    streamed: bool = False  # all its audio handed out; it ends once played (PlaybackDrained)
 
 
 class CascadeSequencer:
@@ -258,8 +287,11 @@ class CascadeSequencer:
         self._answer_text = ""  # the current chat request's text so far
         self._tool_calls: list[dict[str, Any]] = []
         self._tools_pending: set[str] = set()
+        self._follow_up = True  # every result of the pending tools asks the model to go on
         self._speech_end_ms: int | None = None
-        self.given_up = False
+        self._max_tokens: int | None = None  # from a closing line on, every answer is held to this
+        self._closing: str | None = None  # a closing line asked for while a turn was playing: asked after it
+        self.given_up = False  # gave up, or stopped: nothing more happens
 
     # -- public ------------------------------------------------------------------------------
 
@@ -274,10 +306,51 @@ class CascadeSequencer:
         self._add_clause(turn, self.greeting, out)
         return out
 
+    def closing(self, instructions: str, max_tokens: int | None, now_ms: int) -> list[Command]:
+        """Ask for a closing line (a cost cap's wrap-up): at once when nothing is being said, else once the
+        current answer has played. Every answer from here on is held to ``max_tokens``."""
+        self._max_tokens = max_tokens
+        if self.given_up:
+            return []
+        if self._turn is not None:
+            self._closing = instructions
+            return []
+        out: list[Command] = []
+        self._new_turn(None)
+        self._ask(out, instructions)
+        return out
+
+    def stop(self, heard_ms: int | None) -> list[Command]:
+        """The call is over now (a hard stop): every stream in flight is cancelled, what was heard of the
+        answer goes to the transcript, and nothing more happens."""
+        out: list[Command] = []
+        if self._turn is not None:
+            out += self._interrupt(heard_ms)
+        elif self._request:
+            out.append(CancelChat(self._request))
+            self._request = 0
+        self.given_up = True
+        return out
+
+    @property
+    def current_turn(self) -> int | None:
+        """The turn being answered or played, if any."""
+        return self._turn.number if self._turn is not None else None
+
+    def resume(self, now_ms: int) -> list[Command]:
+        """A call resumed on a new stream: when the caller spoke last (their words are in the history, no
+        answer after them), they are answered now rather than left waiting in silence."""
+        if self.given_up or self._turn is not None or not self.history or self.history[-1]["role"] != "user":
+            return []
+        out: list[Command] = []
+        self._new_turn(None)
+        self._ask(out)
+        return out
+
     @property
     def busy(self) -> bool:
-        """A turn is being answered or played: caller speech now is a barge-in."""
-        return self._turn is not None
+        """A turn is being answered or played, or a closing line waits to be asked for."""
+        return self._turn is not None or self._closing is not None
 
     def handle(self, event: Event) -> list[Command]:
         if self.given_up:
@@ -306,6 +379,8 @@ class CascadeSequencer:
             return self._on_speech_failed(event)  # type: ignore[arg-type]
         if kind is ToolFinished:
             return self._on_tool_finished(event)  # type: ignore[arg-type]
+        if kind is PlaybackDrained:
+            return self._on_playback_drained(event)  # type: ignore[arg-type]
         return []
 
     def messages(self) -> tuple[dict[str, Any], ...]:
@@ -331,11 +406,14 @@ class CascadeSequencer:
             return []
         out: list[Command] = []
         if self._turn is not None:  # an answer still in progress: the caller's new words replace it
-            out += self._interrupt(None)
+            out += self._interrupt(ev.heard_ms)
         self.history.append({"role": "user", "content": text})
         turn = self._new_turn(self._speech_end_ms)
         self._stage(turn, "transcript", ev.at_ms, out)
-        self._ask(out)
+        # A closing line asked for meanwhile (a cap's wrap-up) is this answer: the caller is answered and
+        # told goodbye in one.
+        closing, self._closing = self._closing, None
+        self._ask(out, closing)
         return out
 
     def _on_caller_started(self, ev: CallerStartedSpeaking) -> list[Command]:
@@ -356,6 +434,11 @@ class CascadeSequencer:
             if clause.requested and not clause.finished:
                 out.append(CancelSpeech(number))
         out.append(ClearPlayback(turn.number))
+        for call_id in sorted(self._tools_pending):
+            # The model asked for a tool it will not hear back from: its answer goes in the history as such,
+            # or every later request would carry a tool call without its result (the API refuses those).
+            self.history.append({"role": "tool", "tool_call_id": call_id,
+                                 "content": '{"error":"not finished: the caller interrupted"}'})  # fmt: skip
         heard = self._heard_text(turn, heard_ms or 0)
         if turn.answer_index is not None:  # the chat had finished: its words give way to what was heard
             if heard:
@@ -395,12 +478,15 @@ class CascadeSequencer:
 
     # -- the chat model --------------------------------------------------------------------------
 
-    def _ask(self, out: list[Command]) -> None:
+    def _ask(self, out: list[Command], instructions: str | None = None) -> None:
         self._requests += 1
         self._request = self._requests
         self._answer_text = ""
         self._tool_calls = []
-        out.append(StartChat(self._request, self.messages()))
+        messages = self.messages()
+        if instructions:
+            messages = (*messages, {"role": "system", "content": instructions})
+        out.append(StartChat(self._request, messages, self._max_tokens))
 
     def _on_chat_delta(self, ev: ChatDelta) -> list[Command]:
         turn = self._turn
@@ -435,6 +521,7 @@ class CascadeSequencer:
             message["tool_calls"] = self._tool_calls
             self.history.append(message)
             self._answer_text = ""
+            self._follow_up = True
             for call in self._tool_calls:
                 self._tools_pending.add(call["id"])
                 out.append(RunTool(call["id"], call["function"]["name"], call["function"]["arguments"]))
@@ -451,9 +538,14 @@ class CascadeSequencer:
             return []  # a tool of an interrupted turn
         self._tools_pending.discard(ev.call_id)
         self.history.append({"role": "tool", "tool_call_id": ev.call_id, "content": ev.output})
+        self._follow_up = self._follow_up and ev.follow_up
         out: list[Command] = []
-        if not self._tools_pending and self._turn is not None:
-            self._ask(out)
+        turn = self._turn
+        if not self._tools_pending and turn is not None:
+            if self._follow_up:
+                self._ask(out)
+            else:
+                self._close_answer(turn, out)
         return out
 
     def _on_chat_failed(self, ev: ChatFailed) -> list[Command]:
@@ -462,7 +554,7 @@ class CascadeSequencer:
         self._chat_failures += 1
         self._request = 0
         if self._chat_failures > 1 or self._answer_text:  # twice, or after part of it was already said
-            return self._give_up(f"chat model failed: {ev.error}"[:200])
+            return self._give_up(f"chat model failed: {ev.error}"[:200], ev.heard_ms)
         out: list[Command] = []
         self._ask(out)
         return out
@@ -530,7 +622,7 @@ class CascadeSequencer:
             return []
         clause.failures += 1
         if clause.failures > 1 or clause.audio_bytes:  # twice, or part of it was already played
-            return self._give_up(f"speech failed: {ev.error}"[:200])
+            return self._give_up(f"speech failed: {ev.error}"[:200], ev.heard_ms)
         return [StartSpeech(ev.clause, clause.text)]
 
     # -- the turn ------------------------------------------------------------------------------
@@ -541,14 +633,31 @@ class CascadeSequencer:
         return self._turn
 
     def _close_answer(self, turn: _Turn, out: list[Command]) -> None:
-        """Once the chat has answered and every clause is spoken, the turn is over: the whole answer goes
-        to the transcript (the history already has the model's words, from the chat's end)."""
-        if self._request != 0 or self._tools_pending or not all(c.finished for c in turn.clauses.values()):
+        """Once the chat has answered and every clause's audio has been handed out, the answer is streamed;
+        it ends when the caller has heard it (``PlaybackDrained``)."""
+        if turn.streamed or self._request != 0 or self._tools_pending:
             return
+        if not all(c.finished for c in turn.clauses.values()):
+            return
+        turn.streamed = True
+        out.append(AnswerStreamed(turn.number))
+
+    def _on_playback_drained(self, ev: PlaybackDrained) -> list[Command]:
+        """The caller heard the whole answer: it goes to the transcript whole (the history already has the
+        model's words, from the chat's end), and a closing line asked for meanwhile is asked now."""
+        turn = self._turn
+        if turn is None or turn.number != ev.turn or not turn.streamed:
+            return []
+        out: list[Command] = []
         text = " ".join(c.text for _, c in sorted(turn.clauses.items()))
         if text:
             out.append(AgentSaid(turn.number, text, interrupted=False))
         self._turn = None
+        if self._closing is not None:
+            instructions, self._closing = self._closing, None
+            self._new_turn(None)
+            self._ask(out, instructions)
+        return out
 
     def _stage(self, turn: _Turn, stage: str, at_ms: int, out: list[Command]) -> None:
         if stage in turn.stages or turn.speech_end_ms is None:
@@ -556,10 +665,10 @@ class CascadeSequencer:
         turn.stages.add(stage)
         out.append(StageReached(turn.number, stage, at_ms - turn.speech_end_ms))
 
-    def _give_up(self, reason: str) -> list[Command]:
+    def _give_up(self, reason: str, heard_ms: int | None = None) -> list[Command]:
         out: list[Command] = []
         if self._turn is not None:
-            out += self._interrupt(None)
+            out += self._interrupt(heard_ms)
         self.given_up = True
         out.append(GiveUp(reason))
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 END_CALL = "end_call"
@@ -48,11 +49,23 @@ BUILTIN_TOOLS: tuple[dict[str, Any], ...] = (
 )
 
 
+def greeting_text(business_name: str) -> str:
+    return f"Thank you for calling {business_name}. How can I help you today?"
+
+
 def greeting_instructions(business_name: str) -> str:
-    return (
-        f'Greet the caller now, naming the business. Say: "Thank you for calling {business_name}. '
-        'How can I help you today?"'
-    )
+    return f'Greet the caller now, naming the business. Say: "{greeting_text(business_name)}"'
 
 
 HANDOFF_INSTRUCTIONS = 'Tell the caller, in one short sentence: "Please hold while I transfer you to a colleague."'
+
+
+def chat_tools(definitions: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Realtime function definitions (``{"type": "function", "name", "description", "parameters"}``) as the
+    chat completions API takes them (``{"type": "function", "function": {...}}``): the cascaded engine offers
+    the chat model the same tools the Realtime model gets."""
+    tools = []
+    for d in definitions:
+        function = {k: d[k] for k in ("name", "description", "parameters") if k in d}
+        tools.append({"type": "function", "function": function})
+    return tools

@@ -6,15 +6,23 @@ gives the same report. Idempotent re-import is the caller's job (upsert by campa
 
 Every data row is either accepted (one ``ContactRow``) or rejected with exactly one ``RowError``: the
 first problem found, checked in column order (phone, zip, state, timezone, consent, consent_at,
-existing_customer), then duplicates. A file-level problem (no phone column, undecodable header,
-malformed quoting, too many rows) is one error at line 0 (or at the malformed row) and no rows at all.
+existing_customer), then duplicates. A file-level problem (empty, no phone column, malformed quoting,
+too many rows) is one error whose code starts ``file.`` (at line 0, or at the malformed row) and no rows
+at all: the API answers it with a 4xx.
 
-Line numbers: CSV data rows count from 1 after the header (line 0), so line N is spreadsheet row N+1;
-blank rows keep their number but are not counted in ``total``. JSON items are numbered index + 1.
+A file arrives the way a spreadsheet saved it: the encoding is detected (UTF-8 with or without a BOM,
+UTF-16 with a BOM or without one, else Windows-1252, which Excel's "CSV" writes, and Latin-1 for the few
+bytes cp1252 leaves undefined) and so is the delimiter (comma, semicolon, tab or pipe: the one of the header
+row that gives a phone column, the most frequent first). Both are said in the report.
+
+Line numbers are the spreadsheet's row numbers: the header row is row 1 (when it is the first), the first
+data row is row 2; blank rows keep their number but are not counted in ``total``; a quoted cell spanning
+several lines is one row. JSON items are numbered index + 1.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -69,6 +77,13 @@ class ImportReport:
     rows: tuple[ContactRow, ...]
     errors: tuple[RowError, ...]
     total: int  # non-blank data rows in the input
+    encoding: str | None = None  # CSV: as detected
+    delimiter: str | None = None  # CSV: as detected
+
+    @property
+    def file_error(self) -> RowError | None:
+        """The whole file was refused (nothing imported): its one error."""
+        return next((e for e in self.errors if e.code.startswith("file.")), None)
 
     @property
     def accepted(self) -> int:
@@ -131,7 +146,6 @@ _CONSENT_WORDS: dict[str, Consent] = {
 _BOOLEANS: dict[str, bool] = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False, "": False}
 
 _ZIP = re.compile(r"(\d{5})(?:-?\d{4})?")
-_SURROGATE = re.compile("[\udc80-\udcff]")
 _SPACES = re.compile(r"[\s_-]+")
 
 # The code a value of the wrong type (JSON) is reported under.
@@ -284,7 +298,7 @@ class _Validator:
         )
         first = self.seen.get(phone)
         if first is not None:
-            raise _Reject("phone", "row.duplicate", f"{phone} already imported from line {first}")
+            raise _Reject("phone", "row.duplicate", f"{phone} already imported from row {first}")
         self.seen[phone] = line
         return contact
 
@@ -292,9 +306,61 @@ class _Validator:
 # --- CSV -------------------------------------------------------------------------------------------
 
 
-def _readable(text: str) -> str:
-    """Undecodable bytes (kept as surrogates) shown as U+FFFD, so raw values are valid Unicode."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+DELIMITERS = (",", ";", "\t", "|")
+_SEP_LINE = re.compile(r"^sep=(.)\r?\n")
+
+
+def decode_file(data: bytes) -> tuple[str, str]:
+    """The file's text and the encoding it was read in. UnicodeDecodeError only for a UTF-16 file that is
+    not whole (an odd number of bytes, a lone surrogate)."""
+    if data.startswith(codecs.BOM_UTF8):
+        try:
+            return data[len(codecs.BOM_UTF8) :].decode("utf-8"), "utf-8-sig"
+        except UnicodeDecodeError:
+            pass  # a BOM, then bytes from elsewhere: read as the rest would be
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16"), "utf-16"
+    head = data[:400]
+    if len(head) >= 4 and len(data) % 2 == 0:
+        odd, even = head[1::2].count(0), head[0::2].count(0)
+        if odd >= len(head) // 4 and even == 0:  # ASCII text as UTF-16LE: every other byte NUL
+            return data.decode("utf-16-le"), "utf-16-le"
+        if even >= len(head) // 4 and odd == 0:
+            return data.decode("utf-16-be"), "utf-16-be"
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "latin-1"
+
+
+def _delimiter_counts(line: str) -> dict[str, int]:
+    """How often each candidate delimiter appears in a line, outside double quotes."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for char in line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    return counts
+
+
+def _header_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip(" \t,;|"):
+            return line
+    return ""
+
+
+def delimiter_candidates(text: str) -> list[str]:
+    """The delimiters to try, most frequent in the header row first (a comma when none is there)."""
+    counts = _delimiter_counts(_header_line(text))
+    found = sorted((d for d in DELIMITERS if counts[d]), key=lambda d: -counts[d])
+    return found + [d for d in DELIMITERS if d not in found]
 
 
 def _unique_keys(header: Sequence[str]) -> list[str]:
@@ -312,11 +378,8 @@ def _unique_keys(header: Sequence[str]) -> list[str]:
     return keys
 
 
-def _raw(keys: Sequence[str], record: Sequence[str], readable: bool) -> dict[str, str]:
-    raw = {keys[i] if i < len(keys) else f"extra_{i + 1}": value for i, value in enumerate(record)}
-    if readable:
-        return {_readable(k): _readable(v) for k, v in raw.items()}
-    return raw
+def _raw(keys: Sequence[str], record: Sequence[str]) -> dict[str, str]:
+    return {keys[i] if i < len(keys) else f"extra_{i + 1}": value for i, value in enumerate(record)}
 
 
 def _blank(record: Sequence[str]) -> bool:
@@ -339,28 +402,43 @@ def _count_rest(records: Iterator[list[str]]) -> int:
 
 
 def parse_contacts_csv(data: bytes, *, now: datetime, max_rows: int = 1_000_000) -> ImportReport:
-    validator = _Validator(now)
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return _file_error("file.encoding", "the file is UTF-16; save it as CSV UTF-8", 0)
+    _Validator(now)  # a naive ``now`` is refused before anything is read
     try:
-        text = data.decode("utf-8-sig")
-        clean = True
+        text, encoding = decode_file(data)
     except UnicodeDecodeError:
-        text = data.decode("utf-8-sig", "surrogateescape")
-        clean = False
-    records = csv.reader(io.StringIO(text, newline=""), strict=True)
+        return _file_error("file.encoding", "the file says it is UTF-16 but is not whole; save it again as CSV", 0)
+    if not text.strip(" \t\r\n,;|"):
+        return _file_error("file.empty", "the file is empty: a header row (with a phone column) and data rows", 0)
+    candidates = delimiter_candidates(text)
+    said = _SEP_LINE.match(text)
+    if said is not None:  # Excel's "sep=;" first line: the delimiter, said; the line itself is not shown
+        text, candidates = text[said.end() :], [said.group(1)]
+    first: ImportReport | None = None
+    for delimiter in candidates:
+        report = _parse_text(text, validator=_Validator(now), delimiter=delimiter, max_rows=max_rows)
+        report = ImportReport(report.rows, report.errors, report.total, encoding, delimiter)
+        if first is None:
+            first = report
+        file_error = report.file_error
+        if file_error is None or file_error.code != "file.no_phone_column":
+            return report
+    assert first is not None
+    return first
+
+
+def _parse_text(text: str, *, validator: _Validator, delimiter: str, max_rows: int) -> ImportReport:
+    records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    row_no = 0  # the spreadsheet's row number of the record just read
     try:
         header = next(records, None)
+        row_no += 1
         while header is not None and _blank(header):
             header = next(records, None)
+            row_no += 1
     except csv.Error as exc:
         return _file_error("file.malformed", f"cannot read the header row: {exc}", 0)
     if header is None:
         return _file_error("file.empty", "the file has no header row", 0)
-    if not clean and any(_SURROGATE.search(name) for name in header):
-        return _file_error(
-            "file.encoding", "the header row is not UTF-8; save the file as CSV UTF-8", _count_rest(records)
-        )
 
     columns: list[str | None] = []
     used: dict[str, str] = {}
@@ -389,7 +467,6 @@ def parse_contacts_csv(data: bytes, *, now: datetime, max_rows: int = 1_000_000)
     rows: list[ContactRow] = []
     errors: list[RowError] = []
     total = 0
-    line = 0
     while True:
         try:
             record = next(records, None)
@@ -397,38 +474,33 @@ def parse_contacts_csv(data: bytes, *, now: datetime, max_rows: int = 1_000_000)
             total += 1 + _count_rest(records)
             return _file_error(
                 "file.malformed",
-                f"data row {line + 1}: {exc} (a stray or unclosed quote?); nothing was imported",
+                f"row {row_no + 1}: {exc} (a stray or unclosed quote?); nothing was imported",
                 total,
-                line + 1,
+                row_no + 1,
             )
         if record is None:
             break
-        line += 1
+        row_no += 1
         if _blank(record):
             continue
         total += 1
         if total > max_rows:
             total += _count_rest(records)
             return _file_error("file.too_many_rows", f"{total} data rows; at most {max_rows} per file", total)
-        if len(record) != width:
+        if len(record) != width and not (len(record) > width and _blank(record[width:])):
             errors.append(
                 RowError(
-                    line,
-                    None,
-                    "row.columns",
-                    f"{len(record)} fields, the header has {width}",
-                    _raw(keys, record, not clean),
+                    row_no, None, "row.columns", f"{len(record)} fields, the header has {width}", _raw(keys, record)
                 )
             )
             continue
-        if not clean and any(_SURROGATE.search(value) for value in record):
-            errors.append(RowError(line, None, "row.encoding", "the row is not valid UTF-8", _raw(keys, record, True)))
-            continue
         values = {field: record[i].strip() for i, field in targets}
         try:
-            rows.append(validator.row(line, values))
+            rows.append(validator.row(row_no, values))
         except _Reject as bad:
-            errors.append(RowError(line, bad.field, bad.code, bad.message, _raw(keys, record, False)))
+            errors.append(RowError(row_no, bad.field, bad.code, bad.message, _raw(keys, record)))
+    if total == 0:
+        return _file_error("file.no_rows", "the file has a header row but no data rows", 0)
     return ImportReport(tuple(rows), tuple(errors), total)
 
 

@@ -29,6 +29,11 @@ class Campaign(Base):
     concurrency: Mapped[int] = mapped_column(Integer, default=5)
     calls_per_second: Mapped[float] = mapped_column(default=1.0)
     machine_action: Mapped[str] = mapped_column(String(16), default="voicemail")  # voicemail | hangup
+    engine: Mapped[str | None] = mapped_column(String(16), default=None)  # realtime | cascaded; None: ENGINE
+    # Post-call results: the extraction's JSON schema (None: the deployment's), and where they are pushed
+    extraction_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    webhook_secret: Mapped[str | None] = mapped_column(String(256), default=None)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 

@@ -8,8 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api_fields import MAX_ID, MAX_OFFSET, Text
 from app.archive import review
@@ -32,6 +34,7 @@ from app.dialer.models import (
 from app.dialer.policy import Jurisdiction
 from app.dialer.rules import STATE_ZONES
 from app.problems import ProblemError
+from app.results.extraction import schema_problems
 
 router = APIRouter(prefix="/api/v1", tags=["dialer"], dependencies=[Depends(require_role(Role.ops))])
 
@@ -57,6 +60,32 @@ Name = Annotated[Text, Field(min_length=1, max_length=200)]
 Instructions = Annotated[Text, Field(max_length=20_000)]
 HHMM = Annotated[str, Field(pattern=r"^\d{2}:\d{2}$", description="callee-local HH:MM")]
 MAX_RETRY_SPACING_MIN = 30 * 24 * 60  # a month; longer is a typo
+Engine = Literal["realtime", "cascaded"]
+ENGINE_DOC = (
+    "Which engine answers the campaign's calls: realtime (speech-to-speech) or cascaded (speech-to-text, chat "
+    "model, text-to-speech). Unset: the deployment's ENGINE."
+)
+
+
+SCHEMA_DOC = (
+    "The post-call extraction's JSON schema: a strict structured-outputs schema of type object (every object "
+    "with additionalProperties false and every property required; an optional field is one whose type admits "
+    "null). Unset: the deployment's (POST_CALL_SCHEMA_FILE, else reason, resolved, callback_requested, sentiment)."
+)
+WEBHOOK_DOC = "Where each call's results are POSTed, signed with webhook_secret. Unset: POST_CALL_WEBHOOK_URL."
+WebhookUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/$.?#][^\s]*$", description=WEBHOOK_DOC)]
+WebhookSecret = Annotated[str, Field(min_length=16, max_length=256, description="the HMAC-SHA256 key (write-only)")]
+
+
+def _check_results(schema: dict[str, Any] | None, url: str | None, secret: str | None, had_secret: bool) -> None:
+    if schema is not None:
+        problems = schema_problems(schema)
+        if problems:
+            raise ProblemError(422, "Invalid extraction schema", problems[0], problems=problems[:20])
+    if url is not None and secret is None and not had_secret:
+        raise ProblemError(
+            422, "Webhook needs a secret", "Give webhook_secret with webhook_url: deliveries are signed."
+        )
 
 
 class CampaignIn(BaseModel):
@@ -74,6 +103,10 @@ class CampaignIn(BaseModel):
     concurrency: int = Field(default=5, ge=1, le=1000)
     calls_per_second: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
     machine_action: Literal["voicemail", "hangup"] = "voicemail"
+    engine: Engine | None = Field(default=None, description=ENGINE_DOC)
+    extraction_schema: dict[str, Any] | None = Field(default=None, description=SCHEMA_DOC)
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: WebhookSecret | None = None
 
     @field_validator("caller_id")
     @classmethod
@@ -100,10 +133,15 @@ class CampaignPatch(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, le=1000)
     calls_per_second: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
     machine_action: Literal["voicemail", "hangup"] | None = None
+    engine: Engine | None = Field(default=None, description=ENGINE_DOC + " Null: back to the deployment's.")
+    extraction_schema: dict[str, Any] | None = Field(default=None, description=SCHEMA_DOC + " Null: back to it.")
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: WebhookSecret | None = None
 
     @model_validator(mode="after")
     def _no_nulls(self) -> CampaignPatch:
-        nulled = sorted(f for f in self.model_fields_set if getattr(self, f) is None and not f.startswith("window_"))
+        nullable = ("window_start", "window_end", "engine", "extraction_schema", "webhook_url", "webhook_secret")
+        nulled = sorted(f for f in self.model_fields_set if getattr(self, f) is None and f not in nullable)
         if nulled:
             raise ValueError(f"{', '.join(nulled)} cannot be null; leave a field out to keep it")
         return self
@@ -125,6 +163,10 @@ class CampaignOut(BaseModel):
     concurrency: int
     calls_per_second: float
     machine_action: str
+    engine: str | None
+    extraction_schema: dict[str, Any] | None
+    webhook_url: str | None
+    webhook_secret_set: bool
     created_at: datetime
     updated_at: datetime
 
@@ -159,6 +201,10 @@ def _out(c: Campaign) -> CampaignOut:
         concurrency=c.concurrency,
         calls_per_second=c.calls_per_second,
         machine_action=c.machine_action,
+        engine=c.engine,
+        extraction_schema=c.extraction_schema,
+        webhook_url=c.webhook_url,
+        webhook_secret_set=c.webhook_secret is not None,
         created_at=c.created_at,
         updated_at=c.updated_at,
     )
@@ -200,6 +246,7 @@ ContactIdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 @router.post("/campaigns", response_model=CampaignOut, status_code=201)
 async def create_campaign(body: CampaignIn, session: SessionDep) -> CampaignOut:
     start, end = _window(body.window_start, body.window_end)
+    _check_results(body.extraction_schema, body.webhook_url, body.webhook_secret, had_secret=False)
     now = utcnow()
     fields = body.model_dump(exclude={"window_start", "window_end"})
     campaign = Campaign(**fields, window_start_min=start, window_end_min=end, created_at=now, updated_at=now)
@@ -224,6 +271,13 @@ async def get_campaign(campaign_id: CampaignIdPath, session: SessionDep) -> Camp
 async def update_campaign(campaign_id: CampaignIdPath, body: CampaignPatch, session: SessionDep) -> CampaignOut:
     campaign = await _campaign(session, campaign_id)
     changes = body.model_dump(exclude_unset=True)
+    secret_left = campaign.webhook_secret is not None and changes.get("webhook_secret", "") is not None
+    _check_results(
+        changes.get("extraction_schema"),
+        changes.get("webhook_url", campaign.webhook_url),
+        changes.get("webhook_secret"),
+        had_secret=secret_left,
+    )
     if "window_start" in changes or "window_end" in changes:
         start, end = _window(changes.pop("window_start", None), changes.pop("window_end", None))
         campaign.window_start_min, campaign.window_end_min = start, end
@@ -244,36 +298,83 @@ class RowErrorOut(BaseModel):
     message: str
 
 
+class ImportedRow(BaseModel):
+    line: int = Field(description="the spreadsheet's row number (the header is row 1); a JSON item's index + 1")
+    phone: str
+    contact_id: int
+    outcome: Literal["created", "updated", "unchanged"]
+    status: str = Field(description="the contact's status now: pending (to be dialed), held, in_progress, done")
+    held_reason: str | None = Field(description="why it is held (not dialed), when it is")
+
+
 class ImportResult(BaseModel):
-    total: int
-    accepted: int
+    total: int = Field(description="data rows in the file (blank rows not counted)")
+    accepted: int = Field(description="rows stored: created, updated or unchanged (held ones included)")
     rejected: int
     created: int
     updated: int
     unchanged: int
-    errors: list[RowErrorOut]
+    held: int = Field(description="accepted rows whose contact is held, not dialed (see held_reason)")
+    encoding: str | None = Field(default=None, description="CSV: the encoding the file was read in")
+    delimiter: str | None = Field(default=None, description="CSV: the delimiter found in its header row")
+    rows: list[ImportedRow]
+    errors: list[RowErrorOut] = Field(description="the rejected rows, one error each")
 
 
-async def _import(session: SessionDep, campaign: Campaign, report: ImportReport) -> ImportResult:
-    created = updated = unchanged = 0
+async def import_report(session: AsyncSession, campaign: Campaign, report: ImportReport) -> ImportResult:
+    file_error = report.file_error
+    if file_error is not None:  # nothing imported: the file as a whole is refused
+        raise ProblemError(
+            422, "File not imported", file_error.message, code=file_error.code, line=file_error.line,
+            encoding=report.encoding, delimiter=report.delimiter,
+        )  # fmt: skip
+    outcomes: list[service.ImportOutcome] = []
     rows = list(report.rows)
     now = utcnow()
     for i in range(0, len(rows), 1000):
         chunk = rows[i : i + 1000]
         # Parsing and locating are CPU work: off the event loop, so live calls on this node do not stall.
         locations = await asyncio.to_thread(service.locate_rows, chunk)
-        c, u, n = await service.import_contacts(session, campaign=campaign, rows=chunk, now=now, locations=locations)
-        created, updated, unchanged = created + c, updated + u, unchanged + n
+        outcomes += await service.import_contacts(session, campaign=campaign, rows=chunk, now=now, locations=locations)
         await session.flush()
     await session.commit()
+    imported = [
+        ImportedRow(line=o.line, phone=o.phone, contact_id=o.contact.id, outcome=o.outcome,
+                    status=o.contact.status, held_reason=o.held_reason)
+        for o in outcomes
+    ]  # fmt: skip
+    count = {kind: sum(1 for r in imported if r.outcome == kind) for kind in ("created", "updated", "unchanged")}
     return ImportResult(
         total=report.total,
         accepted=report.accepted,
         rejected=report.rejected,
-        created=created,
-        updated=updated,
-        unchanged=unchanged,
+        **count,
+        held=sum(1 for r in imported if r.status == "held"),
+        encoding=report.encoding,
+        delimiter=report.delimiter,
+        rows=imported,
         errors=[RowErrorOut(line=e.line, field=e.field, code=e.code, message=e.message) for e in report.errors],
+    )
+
+
+CONTACTS_TEMPLATE = (
+    "phone,name,zip,state,timezone,consent,consent_at,consent_source,existing_customer,external_id\r\n"
+    "(212) 555-0123,Ada Lovelace,10001,NY,America/New_York,written,2026-05-01T10:00:00Z,web form,no,crm-1001\r\n"
+    "+1 512 555 0199,Bob Smith,,TX,,express,2026-05-02T15:30:00-05:00,inbound call,yes,crm-1002\r\n"
+)
+
+
+@router.get(
+    "/contacts/template.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "a CSV with every column and two example rows"}},
+)
+async def contacts_template() -> Response:
+    """The contacts file's columns, as a spreadsheet to fill in (README: "Contacts files")."""
+    return Response(
+        CONTACTS_TEMPLATE,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="contacts-template.csv"'},
     )
 
 
@@ -282,10 +383,16 @@ async def import_contacts_json(
     campaign_id: CampaignIdPath, items: list[dict[str, Any]], session: SessionDep
 ) -> ImportResult:
     campaign = await _campaign(session, campaign_id)
-    return await _import(session, campaign, await asyncio.to_thread(parse_contacts_json, items, now=utcnow()))
+    return await import_report(session, campaign, await asyncio.to_thread(parse_contacts_json, items, now=utcnow()))
 
 
-@router.post("/campaigns/{campaign_id}/contacts/csv", response_model=ImportResult)
+@router.post(
+    "/campaigns/{campaign_id}/contacts/csv",
+    response_model=ImportResult,
+    responses={
+        422: {"description": "the file as a whole cannot be imported (empty, no phone column, ...): nothing was"}
+    },
+)
 async def import_contacts_csv(
     campaign_id: CampaignIdPath,
     request: Request,
@@ -297,10 +404,10 @@ async def import_contacts_csv(
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise ProblemError(413, "File too large", f"CSV uploads are limited to {limit} bytes.")
-    return await _import(session, campaign, await asyncio.to_thread(parse_contacts_csv, data, now=utcnow()))
+    return await import_report(session, campaign, await asyncio.to_thread(parse_contacts_csv, data, now=utcnow()))
 
 
-_TRANSITIONS = {
+TRANSITIONS = {
     "start": ({"draft"}, "running"),
     "pause": ({"running"}, "paused"),
     "resume": ({"paused"}, "running"),
@@ -310,7 +417,7 @@ _TRANSITIONS = {
 
 async def change_status(campaign_id: int, action: str, session: SessionDep) -> CampaignOut:
     campaign = await _campaign(session, campaign_id)
-    allowed, target = _TRANSITIONS[action]
+    allowed, target = TRANSITIONS[action]
     if campaign.status not in allowed:
         raise ProblemError(409, "Invalid transition", f"A {campaign.status} campaign cannot {action}.")
     campaign.status = target
@@ -329,7 +436,7 @@ def _transition_route(action: str) -> Callable[..., Awaitable[CampaignOut]]:
 
 # One route per action (not /{action}): each is documented, other paths under a campaign are never
 # taken for an action, and an unknown action is a 404, not a 422.
-for _action, (_from, _to) in _TRANSITIONS.items():
+for _action, (_from, _to) in TRANSITIONS.items():
     router.add_api_route(
         f"/campaigns/{{campaign_id}}/{_action}",
         _transition_route(_action),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -147,6 +148,29 @@ def decision_record(
     )
 
 
+HELD_REASONS = {
+    "non_geographic": "a toll-free or other non-geographic number: no callee-local time can be known; held for review",
+    "foreign": "not a US number: US calling rules cannot be applied; held for review",
+    "invalid": "not a number that can be placed; held for review",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    line: int
+    phone: str
+    contact: Contact
+    outcome: str  # created | updated | unchanged
+
+    @property
+    def held_reason(self) -> str | None:
+        """Why the contact is held (not dialed) after the import, when it is."""
+        if self.contact.status != "held":
+            return None
+        kind = (self.contact.location or {}).get("kind")
+        return HELD_REASONS.get(str(kind), "held for review")
+
+
 def locate_rows(rows: Sequence[ContactRow]) -> dict[str, Location]:
     """Where each row's callee may be (CPU-bound: ~150 us a number; callers run it off the event loop)."""
     return {row.phone: locate(row.phone, state=row.state, timezone=row.timezone, zip_code=row.zip) for row in rows}
@@ -159,8 +183,9 @@ async def import_contacts(
     rows: Sequence[ContactRow],
     now: datetime,
     locations: dict[str, Location] | None = None,
-) -> tuple[int, int, int]:
-    """Upsert contacts by (campaign, phone) and record their consent: (created, updated, unchanged).
+) -> list[ImportOutcome]:
+    """Upsert contacts by (campaign, phone) and record their consent: what became of each row (its contact
+    has an id once the session is flushed).
 
     Idempotent: importing the same rows again changes nothing."""
     where = locations if locations is not None else {}
@@ -174,7 +199,7 @@ async def import_contacts(
         (c.phone, c.kind, c.source, _aware(c.granted_at) if c.granted_at else None)
         for c in await session.scalars(select(ConsentRecord).where(ConsentRecord.phone.in_([r.phone for r in rows])))
     }
-    created = updated = unchanged = 0
+    outcomes: list[ImportOutcome] = []
     for row in rows:
         fields = {
             "name": row.name,
@@ -187,26 +212,27 @@ async def import_contacts(
         contact = existing.get(row.phone)
         if contact is None:
             loc = where.get(row.phone) or locate(row.phone, state=row.state, timezone=row.timezone, zip_code=row.zip)
-            session.add(
-                Contact(
-                    campaign_id=campaign.id,
-                    phone=row.phone,
-                    location=location_to_dict(loc),
-                    status="pending" if loc.kind == "geographic" else "held",
-                    next_attempt_at=now,
-                    created_at=now,
-                    **fields,
-                )
+            contact = Contact(
+                campaign_id=campaign.id,
+                phone=row.phone,
+                location=location_to_dict(loc),
+                status="pending" if loc.kind == "geographic" else "held",
+                next_attempt_at=now,
+                created_at=now,
+                **fields,
             )
-            created += 1
+            session.add(contact)
+            existing[row.phone] = contact
+            outcome = "created"
         elif any(getattr(contact, k) != v for k, v in fields.items()):
             for k, v in fields.items():
                 setattr(contact, k, v)
             loc = where.get(row.phone) or locate(row.phone, state=row.state, timezone=row.timezone, zip_code=row.zip)
             contact.location = location_to_dict(loc)
-            updated += 1
+            outcome = "updated"
         else:
-            unchanged += 1
+            outcome = "unchanged"
+        outcomes.append(ImportOutcome(row.line, row.phone, contact, outcome))
         if row.consent is not None:
             key = (row.phone, row.consent.value, row.consent_source, row.consent_at)
             if key not in consents:
@@ -220,7 +246,7 @@ async def import_contacts(
                         recorded_at=now,
                     )
                 )
-    return created, updated, unchanged
+    return outcomes
 
 
 async def revoke(session: AsyncSession, *, phone: str, reason: str, source: str, now: datetime) -> None:

@@ -28,6 +28,8 @@ from starlette.routing import Route
 
 from app.emulator.audio import SpeechSynth
 from app.emulator.config import EmulatorConfig
+from app.emulator.structured import fill
+from app.results.strict import strict_problems
 
 SPEECH_RATE = 24_000
 SPEECH_CHUNK_MS = 100
@@ -53,7 +55,17 @@ class StageRequest:
     ended_at: float | None = None
     cancelled: bool = False  # the client went away before the end
     sent: list[str] = field(default_factory=list)  # chat: text deltas; speech: nothing
+    bytes_sent: int = 0  # speech: the audio streamed so far
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # answered in full, or cancelled
+
+
+def _server_error(record: StageRequest) -> JSONResponse:
+    """A fault: the API's 503 (the request is recorded, answered with an error, and finished)."""
+    record.ended_at = time.monotonic()
+    record.finished.set()
+    error = {"message": "The server is overloaded or not ready yet.", "type": "server_error", "param": None,
+             "code": None}  # fmt: skip
+    return JSONResponse({"error": error}, status_code=503)
 
 
 def _invalid(message: str, param: str | None = None, status: int = 400) -> JSONResponse:
@@ -87,8 +99,18 @@ class CascadeStages:
             return refused
         record = StageRequest(body, time.monotonic())
         self.chats.append(record)
+        if self.config.faults.fail_chats > 0:
+            self.config.faults.fail_chats -= 1
+            return _server_error(record)
         call = self._scripted_call(body)
-        text = "" if call is not None else self._reply(body)
+        text = self.config.tool_call_text.get(call[0], "") if call is not None else self._reply(body)
+        structured = (body.get("response_format") or {}).get("json_schema")
+        if structured is not None:  # an answer in the schema's shape (checked by _check_chat)
+            conversation = "\n".join(_text_of(m) for m in body["messages"] if m.get("role") != "system")
+            script = self.config.structured_reply
+            schema = structured.get("schema") or {}
+            answer = script(schema, conversation) if script else fill(schema, conversation)
+            call, text = None, orjson.dumps(answer).decode()
         if not body.get("stream"):
             record.ended_at = time.monotonic()
             record.sent.append(text)
@@ -103,7 +125,7 @@ class CascadeStages:
         heard = _text_of(last) if last.get("role") == "user" else ""
         if self.config.reply_text is not None:
             return self.config.reply_text(heard)
-        return f"You said: {heard}. How else can I help?" if heard else self.config.greeting_text
+        return f"You said: {heard.rstrip('.!? ')}. How else can I help?" if heard else self.config.greeting_text
 
     def _scripted_call(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """A scripted tool call, when the caller's last words trigger it and the request offers that tool."""
@@ -191,6 +213,9 @@ class CascadeStages:
             return _invalid(f"The emulator makes only 'pcm' speech, not '{fmt}'.", "response_format")
         record = StageRequest(body, time.monotonic())
         self.speeches.append(record)
+        if self.config.faults.fail_speeches > 0:
+            self.config.faults.fail_speeches -= 1
+            return _server_error(record)
         return StreamingResponse(self._audio(record, body["input"]), media_type="audio/pcm")
 
     async def _audio(self, record: StageRequest, text: str) -> AsyncIterator[bytes]:
@@ -205,8 +230,15 @@ class CascadeStages:
             pcm = await render
             data = pcm.astype("<i2").tobytes()
             step = SPEECH_RATE * 2 * SPEECH_CHUNK_MS // 1000
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            per_s = SPEECH_RATE * 2 * config.speech_speed
             for offset in range(0, len(data), step):
-                yield data[offset : offset + step]
+                if per_s:
+                    await asyncio.sleep(max(0.0, start + offset / per_s - loop.time()))
+                piece = data[offset : offset + step]
+                record.bytes_sent += len(piece)
+                yield piece
                 await asyncio.sleep(0)
         except (asyncio.CancelledError, GeneratorExit):
             record.cancelled = True
@@ -270,4 +302,26 @@ def _check_chat(body: dict[str, Any]) -> JSONResponse | None:
             )
     if body.get("stream_options") is not None and not body.get("stream"):
         return _invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options")
+    return _check_response_format(body.get("response_format"))
+
+
+def _check_response_format(fmt: Any) -> JSONResponse | None:
+    """``text``, ``json_object``, or ``json_schema`` (a name, a schema; with ``strict``, the strict subset)."""
+    if fmt is None:
+        return None
+    kinds = ("text", "json_object", "json_schema")
+    if not isinstance(fmt, dict) or fmt.get("type") not in kinds:
+        return _invalid(f"Invalid value: '{fmt.get('type') if isinstance(fmt, dict) else fmt}'. Supported values "
+                        f"are: {', '.join(repr(k) for k in kinds)}.", "response_format.type")  # fmt: skip
+    if fmt["type"] != "json_schema":
+        return None
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or "name" not in spec:
+        return _invalid("Missing required parameter: 'response_format.json_schema.name'.", "response_format")
+    if spec.get("strict"):
+        problems = strict_problems(spec["name"], spec.get("schema"))
+        if problems:
+            return _invalid(problems[0], "response_format")
+    elif not isinstance(spec.get("schema", {}), dict):
+        return _invalid("Invalid type for 'response_format.json_schema.schema': expected an object.", "response_format")
     return None

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.emulator.said import SaidWords
+
 TtsMode = Literal["auto", "synthetic", "espeak"]
 
 
@@ -38,6 +40,10 @@ class Faults:
     """The next N responses end at once ``incomplete`` for ``content_filter``, saying nothing."""
     fail_transcriptions: int = 0
     """The next N caller turns get ``conversation.item.input_audio_transcription.failed``."""
+    fail_chats: int = 0
+    """Cascaded engine: the next N chat completion requests are answered 503 (the API's server_error)."""
+    fail_speeches: int = 0
+    """Cascaded engine: the next N speech requests are answered 503."""
     late_transcript_s: float = 0.0
     """Each caller transcript arrives this long after the turn was committed (after the answer began)."""
     session_lifetime_s: int = 3600
@@ -64,6 +70,9 @@ class EmulatorConfig:
     """How the emulated model hears, answers and sounds."""
 
     faults: Faults = field(default_factory=Faults)
+    said: SaidWords = field(default_factory=SaidWords)
+    """Words a scripted caller said it would say (the control channel, ``app.emulator.said``): a committed
+    turn of about their length is "transcribed" as them, before ``transcripts`` is consulted."""
     vad_threshold_rms: int = 500
     """Energy VAD threshold on PCM16 RMS; the session's 0..1 ``threshold`` is ignored."""
     silence_duration_ms: int | None = None
@@ -76,6 +85,13 @@ class EmulatorConfig:
     function_calls: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     """Trigger phrase (case-insensitive, in user text or transcript) -> (tool name, arguments).
     The next response calls the tool instead of speaking, if the session declares it."""
+    tool_call_text: dict[str, str] = field(default_factory=dict)
+    """Cascaded engine, chat completions: tool name -> the words streamed before a scripted call of it (a chat
+    model may answer with text and a tool call at once: "Goodbye!" and end_call)."""
+    structured_reply: Callable[[dict[str, Any], str], Any] | None = None
+    """Chat completions with ``response_format`` of type ``json_schema``: (the schema, the conversation's text)
+    -> the answer (any JSON value: a scripted answer may break the schema, as a non-OpenAI server may). None:
+    an answer derived from the conversation that fits the schema (``app.emulator.structured``)."""
     audio_ms_per_char: float = 60.0
     chunk_ms: int = 100
     realtime_pacing: bool = True
@@ -94,3 +110,5 @@ class EmulatorConfig:
     """Cascaded engine: a word per token at this rate after the first (0: as fast as the socket takes)."""
     speech_first_bytes_delay_s: float = 0.0
     """Cascaded engine, speech: from the request to the first audio bytes."""
+    speech_speed: float = 0.0
+    """Cascaded engine, speech: stream the audio at this multiple of real time (0: as fast as the socket takes)."""

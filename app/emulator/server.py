@@ -9,6 +9,7 @@ model=...)`` opens ``/v1/realtime?model=...`` with ``Authorization: Bearer ...``
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from http import HTTPStatus
 from types import TracebackType
@@ -29,6 +30,7 @@ __all__ = ["EmulatedSession", "EmulatorConfig", "Faults", "RealtimeEmulator", "s
 log = structlog.get_logger(__name__)
 
 REALTIME_PATH = "/v1/realtime"
+SAID_PATH = "/v1/emulator/said"  # the control channel: a scripted caller's words (app.emulator.said)
 DEFAULT_MODEL = "gpt-realtime"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -114,6 +116,8 @@ class RealtimeEmulator:
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path.rstrip("/")
+        if path == SAID_PATH:
+            return None  # local tooling only: no key
         if path != REALTIME_PATH:
             return _http_error(HTTPStatus.NOT_FOUND, "not_found", f"Invalid URL (GET {path or '/'})")
         auth = request.headers.get("Authorization", "")
@@ -128,6 +132,9 @@ class RealtimeEmulator:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if ws.request is not None and urlsplit(ws.request.path).path.rstrip("/") == SAID_PATH:
+            await self._hear_said(ws)
+            return
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         transcription = (query.get("intent") or [""])[0] == "transcription" and "model" not in query
         model = (query.get("model") or [DEFAULT_MODEL])[0]
@@ -143,13 +150,42 @@ class RealtimeEmulator:
         await session.run()
         log.info("emulator_session_closed", session_id=session.id, close_code=ws.close_code)
 
+    async def _hear_said(self, ws: ServerConnection) -> None:
+        """Each message: ``{"text": str, "seconds": number}``, the words a caller is about to say. A message
+        that is not that closes the channel with 1007 and a reason."""
+        async for raw in ws:
+            try:
+                told = orjson.loads(raw)
+                text, seconds = told["text"], float(told["seconds"])
+                if not isinstance(text, str) or not text.strip() or not 0 <= seconds < 3600:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                await ws.close(1007, 'expected {"text": "...", "seconds": N}')
+                return
+            self.config.said.tell(text, seconds, time.monotonic())
 
-async def serve_forever(host: str, port: int, config: EmulatorConfig) -> None:
-    """Run the emulator until cancelled (the ``switchboard emulator`` command)."""
+
+async def serve_forever(host: str, port: int, config: EmulatorConfig, stages_port: int | None = None) -> None:
+    """Run the emulator until cancelled (the ``switchboard emulator`` command): Realtime and transcription
+    sessions on ``port``, and with ``stages_port`` the cascaded engine's chat and speech stages over HTTP."""
+    import uvicorn
+
+    from app.emulator.cascade import CascadeStages
+
     emulator = RealtimeEmulator(config, record_audio=False, max_retained_sessions=16)
     await emulator.start(host, port)
     log.info("emulator_listening", url=emulator.url, tts="espeak-ng" if emulator.uses_espeak else "synthetic")
+    stages: uvicorn.Server | None = None
+    serving: asyncio.Task[None] | None = None
+    if stages_port is not None:
+        app = CascadeStages(config, SpeechSynth(mode=config.tts)).app
+        stages = uvicorn.Server(uvicorn.Config(app, host=host, port=stages_port, log_level="warning"))
+        serving = asyncio.create_task(stages.serve())
+        log.info("emulator_stages_listening", url=f"http://{host}:{stages_port}/v1")
     try:
         await asyncio.Event().wait()
     finally:
+        if stages is not None and serving is not None:
+            stages.should_exit = True
+            await serving
         await emulator.close()

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import math
 import re
+import time
 from base64 import b64decode, b64encode
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -75,11 +76,13 @@ class EventLog:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.times: list[float] = []  # time.monotonic() of each event, as it was appended
         self._waiters: list[tuple[EventPredicate, asyncio.Future[dict[str, Any]], int]] = []
 
     def append(self, event: dict[str, Any]) -> None:
         index = len(self.events)
         self.events.append(event)
+        self.times.append(time.monotonic())
         for waiter in list(self._waiters):
             predicate, future, start = waiter
             if future.done() or index < start:
@@ -193,6 +196,7 @@ class EmulatedSession:
         self.received: list[dict[str, Any]] = self._received.events
         """Every parsed client event, in order (append payloads dropped if not recording audio)."""
         self.sent: list[dict[str, Any]] = self._sent.events
+        self.sent_times: list[float] = self._sent.times
         """Every server event sent; audio deltas carry ``delta_bytes`` instead of ``delta``."""
         self.audio_in = bytearray()
         self.appends = 0  # input_audio_buffer.append events taken
@@ -553,8 +557,12 @@ class EmulatedSession:
         await self._send({"type": "conversation.item.done", "previous_item_id": previous, "item": copy.deepcopy(item)})
         seconds = round(duration_ms / 1000, 3)
         if transcript is None:
+            told = self._config.said.take(seconds, time.monotonic())
             scripted = self._config.transcripts
-            transcript = scripted.pop(0) if scripted else f"(caller speech {seconds:.2f} s)"
+            if told is not None:
+                transcript = told
+            else:
+                transcript = scripted.pop(0) if scripted else f"(caller speech {seconds:.2f} s)"
         content["transcript"] = transcript
         self._heard_user(transcript)
         transcription = self.session_config["audio"]["input"].get("transcription")
@@ -926,9 +934,9 @@ class EmulatedSession:
     def _reply_text(self, params: dict[str, Any]) -> str:
         instructions = params.get("instructions")
         if isinstance(instructions, str) and instructions.strip():
-            quoted = _QUOTED.search(instructions)
-            if quoted:
-                return quoted.group(1).strip()
+            quoted = _QUOTED.findall(instructions)
+            if quoted:  # every quoted sentence, in order (an announcement, then the greeting)
+                return " ".join(q.strip() for q in quoted)
             if _GREETING.search(instructions):
                 return self._config.greeting_text
         kind, text = self._last_input
@@ -938,7 +946,7 @@ class EmulatedSession:
             return self._config.idle_prompt_text
         if self._config.reply_text is not None:
             return self._config.reply_text(text)
-        return f"You said: {text}. How else can I help?" if text else "Sure, I can help with that."
+        return f"You said: {text.rstrip('.!? ')}. How else can I help?" if text else "Sure, I can help with that."
 
     async def _open_output_item(self, response: _Response, item: dict[str, Any], record: _ItemRecord) -> None:
         previous = self._order[-1] if self._order else None

@@ -10,6 +10,7 @@ import typer
 from app.settings import Settings
 from app.simulator.audio import SAMPLE_RATE, load_wav_as_mulaw, synth_speech_mulaw, write_mulaw_wav
 from app.simulator.conversation import CallScript
+from app.simulator.said import DEFAULT_EMULATOR, SaidTeller
 from app.simulator.twilio_caller import CallResult, CallSetupError, simulate_call
 
 
@@ -21,14 +22,51 @@ async def run_simulated_call(
     server: str,
     out: Path,
     max_duration_s: float,
+    engine: str | None = None,
+    dtmf: list[tuple[float, str]] | None = None,
+    emulator: str = DEFAULT_EMULATOR,
 ) -> int:
-    """Place the call, save what the caller heard to `out`, print a summary; return the exit code."""
+    """Place the call, save what the caller heard to `out`, print a summary; return the exit code.
+
+    With ``engine``, no server is needed: a whole Switchboard runs in this process on the emulator (no key,
+    no network) with that engine, and the call is placed against it. Against a running server, the caller's
+    words are told to the emulator at ``emulator`` as it says them (if one listens there), so that the
+    transcript holds them."""
     utterances: list[bytes] = []
+    words: list[str] = []
     if wav is not None:
         utterances.append(await asyncio.to_thread(load_wav_as_mulaw, wav))
-    for words in say:
-        utterances.append(await asyncio.to_thread(synth_speech_mulaw, words))
-    script = CallScript(utterances=utterances, max_duration_s=max_duration_s)
+        words.append("")  # a recording's words are not known
+    for said in say:
+        utterances.append(await asyncio.to_thread(synth_speech_mulaw, said))
+        words.append(said)
+    teller = SaidTeller(emulator if engine is None else "")
+    script = CallScript(
+        utterances=utterances, max_duration_s=max_duration_s, dtmf=sorted(dtmf or []),
+        on_speak=lambda index, seconds: teller.tell(words[index], seconds),
+    )  # fmt: skip
+    if engine is not None:
+        from app.emulator.config import EmulatorConfig
+        from app.simulator.local import local_switchboard
+
+        # The emulator hears what the caller was scripted to say (its words stand for the transcription)
+        async with local_switchboard(EmulatorConfig(transcripts=[w for w in words if w]), engine=engine) as local:
+            code, call_sid = await _place(local.settings, script, local.server_url, out)
+        settings = local.settings  # shut down: the call is archived
+    else:
+        if any(words) and not await teller.open():
+            typer.echo(f"(no emulator at {teller.url}: the caller's words are not told; a real model hears them)")
+        try:
+            code, call_sid = await _place(settings, script, server, out)
+        finally:
+            await teller.close()
+    if call_sid is not None:
+        typer.echo(await archived_transcript(settings, call_sid))
+    return code
+
+
+async def _place(settings: Settings, script: CallScript, server: str, out: Path) -> tuple[int, str | None]:
+    """Place the call and print its summary: (the exit code, the call's sid once placed)."""
     try:
         result = await simulate_call(
             server_url=server,
@@ -41,11 +79,10 @@ async def run_simulated_call(
         typer.echo(f"call refused: {exc}", err=True)
         if exc.body:
             typer.echo(exc.body, err=True)
-        return 1
+        return 1, None
     await asyncio.to_thread(_save_audio, out, result.agent_audio_played)
     typer.echo(summarize(result, saved_to=out))
-    typer.echo(await archived_transcript(settings, result.call_sid))
-    return 1 if result.protocol_errors else 0
+    return (1 if result.protocol_errors else 0), result.call_sid
 
 
 async def archived_transcript(settings: Settings, call_sid: str, *, wait_s: float = 10.0) -> str:
@@ -81,7 +118,7 @@ def summarize(result: CallResult, *, saved_to: Path | None = None) -> str:
     """A short human-readable account of one simulated call."""
     lines = [
         f"call {result.call_sid} stream {result.stream_sid}",
-        f"  duration {result.ended_at - result.started_at:.2f}s, hung up by {result.hung_up_by}, "
+        f"  duration {result.ended_at - result.started_at:.2f}s, {ended(result)}, "
         f"close {result.close_code} {result.close_reason or ''}".rstrip(),
         f"  frames sent {result.frames_sent}/{result.frames_expected}, worst send lag {result.max_send_lag_ms:.1f} ms",
         f"  agent audio received {len(result.agent_audio) / SAMPLE_RATE:.2f}s, "
@@ -98,6 +135,16 @@ def summarize(result: CallResult, *, saved_to: Path | None = None) -> str:
     if saved_to is not None:
         lines.append(f"  agent audio as heard saved to {saved_to}")
     return "\n".join(lines)
+
+
+def ended(result: CallResult) -> str:
+    if result.hung_up_by == "server":
+        return "hung up by the server"
+    if result.cut_at_max_duration:
+        return (
+            f"cut at --max-duration ({result.ended_at - result.started_at:.0f} s) before the caller's script was done"
+        )
+    return "hung up by the caller (its script done)"
 
 
 def _save_audio(path: Path, mulaw: bytes) -> None:

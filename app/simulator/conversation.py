@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.simulator.audio import FRAME_MS, SILENCE_FRAME_B64, PreparedUtterance, prepare_utterance
@@ -38,6 +39,9 @@ class CallScript:
     # (or the last reply timed out). When False, keep sending silence until max_duration_s.
     hangup_when_done: bool = True
     trailing_silence_s: float = 1.0
+    # Called with an utterance's index and the seconds of speech in it as the caller starts saying it (the
+    # simulator tells the emulator its words then); called from the frame loop, so it must not block.
+    on_speak: Callable[[int, float], None] | None = None
 
     _prepared: tuple[PreparedUtterance, ...] = field(default=(), init=False, repr=False, compare=False)
     _prepared_from: tuple[bytes, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -194,6 +198,8 @@ class CallerConversation:
             )
         )
         self._phase = _Phase.SPEAKING
+        if self._script.on_speak is not None:
+            self._script.on_speak(index, (last_speech + 1) * FRAME_MS / 1000)
         if not utterance.frames_b64:
             self._phase = _Phase.AWAITING_REPLY
             return SILENCE_FRAME_B64

@@ -91,6 +91,10 @@ class TwilioPlayback:
         self._pending_marks.clear()
         return flushed
 
+    def stretches(self) -> list[tuple[float, float]]:
+        """(start, end) of each stretch of uninterrupted playback, in order."""
+        return [(segment.starts_at, segment.ends_at) for segment in self._segments]
+
     def played_audio(self, until: float) -> bytes:
         """The audio the caller heard up to `until` (unplayed and cleared parts excluded)."""
         played = bytearray()

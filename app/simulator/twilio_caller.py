@@ -16,7 +16,7 @@ import math
 import secrets
 import xml.etree.ElementTree as ET
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -89,6 +89,8 @@ class CallResult:
     close_code: int | None
     close_reason: str | None
     hung_up_by: Literal["caller", "server"]
+    # the caller hung up at max_duration_s with its script unfinished (still speaking, or awaiting a reply)
+    cut_at_max_duration: bool
     started_at: float  # loop time of the start message; frame k is due at started_at + (k+1)*20 ms
     ended_at: float  # loop time the caller hung up or saw the server close
     custom_parameters: dict[str, str]
@@ -96,6 +98,9 @@ class CallResult:
     dtmf_sent: list[str]
     max_send_lag_ms: float  # worst lateness of a frame against its slot: simulator health
     protocol_errors: list[str]  # server messages Twilio would reject
+    # Stretches of uninterrupted playback, (start, end) in loop time: a reply whose audio came late (the
+    # queue ran dry mid-answer) shows as two stretches with a gap between them
+    playback_stretches: list[tuple[float, float]] = field(default_factory=list)
 
 
 def new_call_sid() -> str:
@@ -242,6 +247,7 @@ class _MediaStreamCall:
         self._slots_elapsed = 0
         self._max_lag_s = 0.0
         self._dtmf_sent: list[str] = []
+        self._script_done = False
         self._marks_acked: list[str] = []
         self._clears = 0
         self._protocol_errors: list[str] = []
@@ -353,6 +359,7 @@ class _MediaStreamCall:
             close_code=self._ws.close_code,
             close_reason=self._ws.close_reason,
             hung_up_by=hung_up_by,
+            cut_at_max_duration=hung_up_by == "caller" and not self._script_done,
             started_at=self._started_at,
             ended_at=ended_at,
             custom_parameters=self._custom_parameters,
@@ -360,6 +367,7 @@ class _MediaStreamCall:
             dtmf_sent=self._dtmf_sent,
             max_send_lag_ms=self._max_lag_s * 1000,
             protocol_errors=self._protocol_errors,
+            playback_stretches=self._playback.stretches(),
         )
 
     def _total_slots(self) -> int:
@@ -406,7 +414,8 @@ class _MediaStreamCall:
                 self._dtmf_sent.append(digit)
             payload = conversation.payload_for_slot(slot, now)
             if payload is None:
-                return  # the caller hangs up
+                self._script_done = True
+                return  # the caller hangs up: its script is done
             self._sequence += 1
             await ws.send(
                 _MEDIA_TEMPLATE % (self._sequence, slot + 1, slot * FRAME_MS, payload, stream_sid),

@@ -133,8 +133,10 @@ async def test_create_api_key_command_prints_a_working_key(tmp_path: Path) -> No
         CliRunner().invoke, cli, ["create-api-key", "--role", "supervisor", "--name", "ci"], env=env
     )
     assert result.exit_code == 0, result.output
-    key = result.output.strip()
-    assert key.startswith("sb_")
+    lines = result.output.splitlines()
+    (key,) = [line for line in lines if line.startswith("sb_")]
+    assert lines[0] == f"API key for 'ci': role supervisor, id {key.split('_')[1]}"
+    assert "Store it now" in result.output
     async with serve(settings) as base, httpx.AsyncClient(base_url=base) as client:
         ok = await client.get("/api/v1/calls", headers={"Authorization": f"Bearer {key}"})
         tampered = await client.get("/api/v1/calls", headers={"Authorization": f"Bearer {key[:-2]}xx"})

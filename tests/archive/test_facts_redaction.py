@@ -75,3 +75,13 @@ def test_any_luhn_valid_card_number_is_redacted(body: list[int]) -> None:
     grouped = " ".join(number[i : i + 4] for i in range(0, len(number), 4))
     assert ALL(f"card {number} ok") == f"card {CARD} ok"
     assert ALL(f"card {grouped} ok") == f"card {CARD} ok"
+
+
+def test_a_calls_recording_is_read_off_its_recording_event() -> None:
+    joined = call_facts("completed", [("recording", {"key": "CA1/recording.ogg", "seconds": 12.34, "gaps": []})])
+    assert (joined.recording_key, joined.recording_ms, joined.recording_unjoined) == ("CA1/recording.ogg", 12340, False)
+    unjoined = call_facts("completed", [("recording", {"key": None, "parts": 3, "error": "OSError()"})])
+    assert (unjoined.recording_key, unjoined.recording_unjoined) == (None, True)
+    nothing = call_facts("completed", [("recording", {"key": None, "reason": "nothing recorded"})])
+    assert (nothing.recording_key, nothing.recording_unjoined) == (None, False)
+    assert call_facts("completed", []).recording_key is None

@@ -47,6 +47,10 @@ async def test_caps_spend_and_enforcements_over_rest(tmp_path: Path, redis_url: 
     await redis.delete(*[f"sb:spend:{k}" for k in (f"day:{day}", "call:CAapi1", f"campaign:7:{day}",
                                                     f"reserve:{day}", f"reserve:{day}:total")],
                        "sb:budget:caps")  # fmt: skip
+    # other tests' campaigns spent today on this Redis too (the spend is listed per campaign)
+    others = [key async for key in redis.scan_iter(match=f"sb:spend:campaign:*:{day}")]
+    if others:
+        await redis.delete(*others)
     keys = {role: await key_for(settings.effective_database_url, role) for role in Role}
     await add_campaign(settings.effective_database_url, 7)
     try:

@@ -36,6 +36,7 @@ async def test_caller_audio_arrives_as_24k_pcm_three_samples_per_mulaw_sample(
         sid, token = await open_call(base, 1)
         async with TwilioStream.open(base, call_sid=sid, token=token) as tw:
             session = await emulator.wait_for_session(0)
+            await tw.wait_for(lambda m: m["event"] == "media")  # the greeting: the session is configured
             for frame in frames:
                 await tw.media(frame)
             await tw.stop()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import uuid
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
@@ -17,6 +15,7 @@ from tests.support import (
     TwilioStream,
     agent_turn_played,
     archived,
+    lines_stored,
     make_settings,
     open_call,
     post_webhook,
@@ -26,22 +25,6 @@ from tests.support import (
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
-
-
-async def lines_stored(redis_url: str, sid: str, n: int) -> None:
-    """Wait, on Redis keyspace notifications, until the call has ``n`` transcript lines in Redis."""
-    redis = Redis.from_url(redis_url)
-    key = f"sb:call:{sid}:lines"
-    try:
-        await redis.config_set("notify-keyspace-events", "Kh")
-        async with redis.pubsub() as pubsub:
-            db = redis.connection_pool.connection_kwargs.get("db", 0)
-            await pubsub.subscribe(f"__keyspace@{db}__:{key}")
-            async with asyncio.timeout(10):
-                while await redis.hlen(key) < n:
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-    finally:
-        await redis.aclose()
 
 
 async def test_a_call_survives_its_server_being_killed(tmp_path: Path, redis_url: str, postgres_url: str) -> None:

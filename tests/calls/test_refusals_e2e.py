@@ -127,6 +127,10 @@ async def test_malformed_frames_are_skipped_and_an_oversized_frame_ends_only_tha
             session_b = await emulator.wait_for_session(1)
             if session_a.id != (await emulator.wait_for_session(0)).id:
                 raise AssertionError("unstable session order")
+            # Both sessions configured (their greetings play): a frame sent before that is held, and a hang-up
+            # right after it would leave it unsent, which is not what this test is about.
+            await a.wait_for(lambda m: m["event"] == "media")
+            await b.wait_for(lambda m: m["event"] == "media")
 
             async def misbehave() -> None:
                 await a.media(good[0])

@@ -18,6 +18,7 @@ from tests.support import (
     TwilioStream,
     agent_turn_played,
     archived,
+    lines_stored,
     make_settings,
     metric,
     open_call,
@@ -75,6 +76,9 @@ async def test_a_dropped_realtime_socket_is_replaced_and_the_call_goes_on(
                 await second.wait_for(lambda e: e["type"] == "input_audio_buffer.append")
                 await say_turn(tw)
                 await agent_turn_played(tw, second, 0)
+                # Heard whole is not yet written whole: the answer's transcript may still be on its way to the
+                # server when its audio has played. Hang up once all five lines are in the live state.
+                await lines_stored(redis_url, sid, 5)
                 await tw.stop()
                 await tw.wait_closed()
             recoveries = await metric(base, "switchboard_upstream_recovery_seconds_count")

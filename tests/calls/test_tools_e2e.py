@@ -20,8 +20,6 @@ from app.db import make_engine
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from tests.support import (
-    ACCOUNT_SID,
-    TWILIO_API,
     TwilioStream,
     archived,
     key_for,
@@ -30,20 +28,10 @@ from tests.support import (
     post_webhook,
     say_turn,
     serve,
+    twilio_call_route,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
-
-
-def twilio_call_route(mock: respx.MockRouter, sid: str) -> tuple[respx.Route, asyncio.Event]:
-    called = asyncio.Event()
-
-    def reply(request: httpx.Request) -> httpx.Response:
-        called.set()
-        return httpx.Response(200, json={"sid": sid, "status": "completed"})
-
-    route = mock.post(f"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json").mock(side_effect=reply)
-    return route, called
 
 
 async def test_end_call_hangs_up_through_twilio_rest_after_the_goodbye(tmp_path: Path) -> None:

@@ -41,6 +41,15 @@ def _latencies(at: datetime, *ms: int) -> list[CallEventRecord]:
     return [CallEventRecord("turn_latency", {"ms": value}, 1000 * (i + 1), at) for i, value in enumerate(ms)]
 
 
+def _stages(at: datetime, *stages: tuple[str, int, int]) -> list[CallEventRecord]:
+    """Two turns' latency stages (stage, turn 1 ms, turn 2 ms), as the cascaded engine records them."""
+    return [
+        CallEventRecord("turn_stage", {"turn": turn, "stage": stage, "ms": ms}, 1000 * turn, at)
+        for stage, *values in stages
+        for turn, ms in enumerate(values, start=1)
+    ]
+
+
 async def seed_calls(settings: Settings) -> None:
     """Three archived calls: a booking with a barge-in (the agent's second line was cut off), a billing
     question whose caller typed markup, and an outbound call transferred to a person."""
@@ -66,7 +75,17 @@ async def seed_calls(settings: Settings) -> None:
                     TranscriptLine(4, "caller", "Actually, Wednesday afternoon is better.", 9_100),
                     TranscriptLine(5, "agent", "Wednesday at two o'clock is booked for your cleaning.", 61_500),
                 ],
-                events=[*_latencies(at, 420, 380, 900), CallEventRecord("barge_in", {}, 9_000, at)],
+                events=[
+                    *_latencies(at, 420, 380, 900),
+                    CallEventRecord("barge_in", {}, 9_000, at),
+                    *_stages(
+                        at,
+                        ("transcript", 300, 320),
+                        ("chat_first_token", 650, 700),
+                        ("speech_first_bytes", 860, 900),
+                        ("first_audio", 870, 905),
+                    ),
+                ],
             ),
         )
         at = STARTED + timedelta(hours=1)
@@ -163,3 +182,11 @@ async def forget(store: CallStore, call_sid: str) -> None:
     """Take a test's live call out of Redis altogether, so no other test's sweeper archives it."""
     await store.redis.zrem(store.live_key, call_sid)
     await store.redis.delete(*(store.key(call_sid, part) for part in ("meta", "lines", "events", "epoch", "lease")))
+
+
+async def sign_in_page(page: Any, base: str, key: str) -> None:
+    """Sign in through the console's form in a browser page (playwright)."""
+    await page.goto(f"{base}/console/login")
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(f"{base}/console")

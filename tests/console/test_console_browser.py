@@ -107,7 +107,7 @@ async def test_sign_in_search_open_the_call_see_the_cut_off_line_and_export_csv(
         await expect(cut).to_have_count(1)
         await expect(cut).to_contain_text(CUT_OFF_TEXT)
         await expect(cut.locator(".offset")).to_have_text("00:07")
-        await expect(cut.locator(".badge")).to_have_text("cut off")
+        await expect(cut.locator(".badge")).to_have_text("cut off: barge-in")
         await expect(cut.locator(".badge")).to_be_visible()
         await expect(cut.locator(".visually-hidden")).to_contain_text("the caller spoke over this line")
         await expect(page.locator("ol.timeline li")).to_have_count(5)
@@ -183,7 +183,7 @@ async def test_the_live_page_follows_a_call_in_redis_as_lines_arrive(
             )
             await expect(call.locator("li")).to_have_count(3)
             await expect(call.locator("li").nth(1)).to_have_text("00:03 Caller Do you open on <b>Saturdays</b>?")
-            await expect(call.locator("li.interrupted .badge")).to_have_text("cut off")
+            await expect(call.locator("li.interrupted .badge")).to_have_text("cut off: barge-in")
             await expect(page.locator("#live-calls b")).to_have_count(0)  # caller text stays text
             await shoot(page, "04-live", capsys)
 

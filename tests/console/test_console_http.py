@@ -289,9 +289,12 @@ async def test_call_page_shows_the_header_timeline_with_the_cut_off_line_and_sec
     for expected in ("+15005550006", "+15005550001", "inbound", "completed", "01:14", "$0.1234", "2026-01-list"):
         assert expected in body
     assert "420 ms / 900 ms" in body  # latency p50 / p95 of 380, 420, 900
-    lines = re.findall(r'<li class="line ([a-z ]+)">', body)
+    # Per-turn stages (nearest-rank p50 of two turns: the first), in the order a turn reaches them
+    assert ("final transcript 300 ms · first chat token 650 ms · first speech bytes 860 ms · "
+            "first audio to the caller 870 ms") in body  # fmt: skip
+    lines = re.findall(r'<li class="line ([a-z ]+)" data-offset-ms="\d+">', body)
     assert lines == ["agent", "caller", "agent interrupted", "caller", "agent"]
-    cut = body[body.index('<li class="line agent interrupted">') :]
+    cut = body[body.index('<li class="line agent interrupted"') :]
     cut = cut[: cut.index("</li>")]
     assert "00:07" in cut and CUT_OFF_TEXT in cut and "cut off" in cut and 'class="visually-hidden"' in cut
     assert "01:01" in body  # the last line's offset, mm:ss
@@ -409,3 +412,103 @@ async def test_live_json_shows_a_call_put_into_redis_through_the_call_store(tmp_
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def test_call_page_shows_the_summary_extraction_and_each_deliverys_attempts(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from app.archive.models import Call
+    from app.db import make_engine, make_sessionmaker
+    from app.results.models import WebhookAttempt, WebhookDelivery
+
+    settings = console_settings(tmp_path)
+    await seed_calls(settings)
+    now = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            await session.execute(update(Call).where(Call.call_sid == BOOKING_SID).values(
+                results_status="done", summary="The caller booked a <b>cleaning</b> for Tuesday.",
+                extraction={"callback_requested": False, "reason": "book a cleaning"}, results_at=now))  # fmt: skip
+            await session.execute(update(Call).where(Call.call_sid == BILLING_SID).values(
+                results_status="skipped", results_detail="budget: the day's cap is spent"))  # fmt: skip
+            delivery = WebhookDelivery(call_sid=BOOKING_SID, url="https://crm.example.test/hook", body="{}",
+                                       status="delivered", attempts=2, created_at=now, first_due_at=now, next_at=now,
+                                       delivered_at=now)  # fmt: skip
+            session.add(delivery)
+            await session.flush()
+            session.add_all([
+                WebhookAttempt(delivery_id=delivery.id, at=now, status_code=503, response="busy", duration_ms=12),
+                WebhookAttempt(delivery_id=delivery.id, at=now, status_code=200, response="ok", duration_ms=9),
+            ])  # fmt: skip
+    finally:
+        await engine.dispose()
+    key = await key_for(settings.effective_database_url, Role.supervisor)
+    async with serve(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        await sign_in(client, key)
+        booking = (await client.get(f"/console/calls/{BOOKING_SID}")).text
+        billing = (await client.get(f"/console/calls/{BILLING_SID}")).text
+    assert "The caller booked a &lt;b&gt;cleaning&lt;/b&gt; for Tuesday." in booking  # escaped, not markup
+    assert "<dt>callback_requested</dt><dd><code>false</code></dd>" in booking
+    assert "<dt>reason</dt><dd>book a cleaning</dd>" in booking
+    assert "https://crm.example.test/hook" in booking and ": 503 <code>busy</code>" in booking
+    assert "No results (skipped): budget: the day&#39;s cap is spent." in billing
+    assert "<audio" not in booking and "Recording" not in booking  # not recorded: no player
+
+
+async def test_a_dialed_call_shows_its_campaign_and_contact_by_name_and_its_events_in_words(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from app.archive.models import Call
+    from app.db import make_engine, make_sessionmaker
+    from app.dialer.models import Attempt, Campaign, Contact
+
+    settings = console_settings(tmp_path)
+    await seed_calls(settings)
+    now = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            campaign = Campaign(name="March recalls", purpose="informational", subject="recall",
+                                caller_id="+12125550100", created_at=now, updated_at=now)  # fmt: skip
+            session.add(campaign)
+            await session.flush()
+            contact = Contact(campaign_id=campaign.id, phone="+15005550001", name="Ada Lovelace", location={},
+                              created_at=now)  # fmt: skip
+            session.add(contact)
+            await session.flush()
+            session.add(Attempt(campaign_id=campaign.id, contact_id=contact.id, phone=contact.phone, subject="recall",
+                                purpose="informational", placed_at=now, call_sid=BILLING_SID))  # fmt: skip
+            await session.execute(update(Call).where(Call.call_sid == BILLING_SID).values(campaign_id=campaign.id))
+    finally:
+        await engine.dispose()
+    key = await key_for(settings.effective_database_url, Role.supervisor)
+    async with serve(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        await sign_in(client, key)
+        listing = (await client.get("/console")).text
+        page = (await client.get(f"/console/calls/{BILLING_SID}")).text
+        booking = (await client.get(f"/console/calls/{BOOKING_SID}")).text
+    assert "· March recalls" in listing and "(Ada Lovelace)" in listing
+    assert "<dt>Campaign</dt><dd>March recalls" in page and "<dt>Contact</dt><dd>Ada Lovelace</dd>" in page
+    assert "The caller spoke over the agent" in booking  # the barge-in, in words (its raw detail alongside)
+
+
+async def test_the_budget_page_shows_caps_and_todays_spend_to_admins_only(tmp_path: Path) -> None:
+    settings = console_settings(tmp_path, budget_per_day_usd=25.0, budget_per_call_usd=1.5)
+    admin = await key_for(settings.effective_database_url, Role.admin)
+    ops = await key_for(settings.effective_database_url, Role.ops)
+    async with serve(settings) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            await sign_in(client, admin)
+            page = await client.get("/console/budget")
+        async with httpx.AsyncClient(base_url=base) as client:
+            await sign_in(client, ops)
+            refused = await client.get("/console/budget")
+    assert page.status_code == 200
+    assert "<dt>Daily cap</dt><dd>$25.00</dd>" in page.text and "<dt>Per-call cap</dt><dd>$1.50</dd>" in page.text
+    assert "Spent today" in page.text and "Held for closing lines" in page.text
+    assert refused.status_code == 403 and "admins only" in refused.text

@@ -661,3 +661,29 @@ def test_a_late_transcript_takes_its_place_before_the_answer_it_prompted() -> No
     bridge.handle(rt.InputTranscribed("item_q", "When do you open?"), 2600)  # ... and the question lands last
     assert [line.speaker for line in bridge.history] == ["caller", "agent"]
     assert bridge.history[0].text == "When do you open?"
+
+
+def test_the_realtime_engine_reports_its_stages_per_turn_from_the_end_of_speech() -> None:
+    """Speech end -> response created -> first audio delta -> first frame to the caller, once per turn."""
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 20)
+    stages: list[tuple[int, str, int]] = []
+
+    def record(commands: list[Any]) -> None:
+        stages.extend(
+            (e.detail["turn"], e.detail["stage"], e.detail["ms"]) for e in of(commands, RecordCallEvent)
+            if e.kind == "turn_stage"
+        )  # fmt: skip
+
+    for turn, at in ((1, 1_000), (2, 5_000)):
+        bridge.handle(rt.SpeechStarted(0, f"c{turn}"), at - 900)
+        record(bridge.handle(rt.SpeechStopped(0, f"c{turn}"), at))
+        record(bridge.handle(rt.ResponseCreated(f"r{turn}"), at + 120))
+        record(deliver_audio(bridge, f"r{turn}", f"a{turn}", 4800, at + 300))
+        record(deliver_audio(bridge, f"r{turn}", f"a{turn}", 4800, at + 400))
+        bridge.handle(rt.ResponseDone(f"r{turn}", "completed"), at + 500)
+    assert stages == [
+        (1, "response_created", 120), (1, "first_delta", 300), (1, "first_audio", 300),
+        (2, "response_created", 120), (2, "first_delta", 300), (2, "first_audio", 300),
+    ]  # fmt: skip

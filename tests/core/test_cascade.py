@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.core.cascade import (
     PCM24K_BYTES_PER_MS,
     AgentSaid,
+    AnswerStreamed,
     CallerSaid,
     CallerStartedSpeaking,
     CallerStoppedSpeaking,
@@ -19,6 +20,7 @@ from app.core.cascade import (
     Command,
     GiveUp,
     PlayAudio,
+    PlaybackDrained,
     RunTool,
     SpeechAudio,
     SpeechFailed,
@@ -44,7 +46,9 @@ def greeted() -> CascadeSequencer:
     seq = CascadeSequencer("You are Acme Dental's receptionist.", greeting=GREETING)
     assert seq.start(0) == [StartSpeech(1, GREETING)]
     assert seq.handle(SpeechAudio(1, audio(100), 200)) == [PlayAudio(1, audio(100))]
-    assert seq.handle(SpeechFinished(1, 300)) == [AgentSaid(1, GREETING, interrupted=False)]
+    assert seq.handle(SpeechFinished(1, 300)) == [AnswerStreamed(1)]
+    assert seq.busy  # still playing at the caller's end
+    assert seq.handle(PlaybackDrained(1, 400)) == [AgentSaid(1, GREETING, interrupted=False)]
     assert not seq.busy
     return seq
 
@@ -79,7 +83,9 @@ def test_a_turn_asks_the_chat_model_speaks_each_clause_as_it_completes_and_plays
     assert finished == [PlayAudio(2, audio(40)), StartSpeech(4, "See you soon.")]
     assert seq.handle(SpeechFinished(3, 2_050)) == []
     assert seq.handle(SpeechAudio(4, audio(30), 2_100)) == [PlayAudio(2, audio(30))]
-    assert seq.handle(SpeechFinished(4, 2_150)) == [
+    assert seq.handle(SpeechFinished(4, 2_150)) == [AnswerStreamed(2)]
+    assert seq.handle(PlaybackDrained(1, 2_160)) == []  # another turn's: nothing
+    assert seq.handle(PlaybackDrained(2, 2_400)) == [
         AgentSaid(2, "We open at nine. We close at six. See you soon.", interrupted=False)
     ]
     assert not seq.busy
@@ -154,9 +160,70 @@ def test_tool_calls_run_and_their_results_go_back_to_the_model_for_the_rest_of_t
     seq.handle(ChatDelta(2, "Your balance is 42 dollars.", 2_000))
     assert seq.handle(ChatFinished(2, 2_050)) == [StartSpeech(3, "Your balance is 42 dollars.")]
     seq.handle(SpeechAudio(3, audio(500), 2_100))
-    assert of(AgentSaid, seq.handle(SpeechFinished(3, 2_200))) == [
+    assert seq.handle(SpeechFinished(3, 2_200)) == [AnswerStreamed(2)]
+    assert seq.handle(PlaybackDrained(2, 2_500)) == [
         AgentSaid(2, "Let me check that for you. Your balance is 42 dollars.", interrupted=False)
     ]
+
+
+def test_an_answer_streamed_but_still_playing_is_cut_by_a_barge_in_to_what_was_heard() -> None:
+    """Speech comes faster than real time: the whole answer may be streamed while the caller has heard a
+    second of it. Their speech then still flushes the playback and cuts the line (and the history)."""
+    seq = greeted()
+    seq.handle(CallerStoppedSpeaking(1_000))
+    seq.handle(CallerSaid("item_1", "Hours?", 1_200))
+    seq.handle(ChatDelta(1, "We open at nine in the morning. We close at six.", 1_400))
+    seq.handle(ChatFinished(1, 1_450))
+    seq.handle(SpeechAudio(2, audio(2_000), 1_500))
+    seq.handle(SpeechFinished(2, 1_550))
+    seq.handle(SpeechAudio(3, audio(1_000), 1_600))
+    assert seq.handle(SpeechFinished(3, 1_650)) == [AnswerStreamed(2)]
+    out = seq.handle(CallerStartedSpeaking(2_600, heard_ms=1_000))
+    assert out == [ClearPlayback(2), AgentSaid(2, "We open at", interrupted=True)]
+    assert seq.history[-1] == {"role": "assistant", "content": "We open at"}
+    assert seq.handle(PlaybackDrained(2, 2_700)) == []  # too late: the turn is over
+
+
+def test_a_tool_result_without_follow_up_ends_the_answer_with_what_was_said_before_it() -> None:
+    seq = greeted()
+    seq.handle(CallerStoppedSpeaking(1_000))
+    seq.handle(CallerSaid("item_1", "That's all, bye.", 1_200))
+    seq.handle(ChatDelta(1, "Goodbye, have a nice day!", 1_400))
+    seq.handle(ChatToolCalled(1, "call_9", "end_call", '{"reason": "done"}'))
+    finished = seq.handle(ChatFinished(1, 1_500))
+    assert of(RunTool, finished) == [RunTool("call_9", "end_call", '{"reason": "done"}')]
+    seq.handle(SpeechAudio(2, audio(900), 1_600))
+    assert of(AnswerStreamed, seq.handle(SpeechFinished(2, 1_700))) == []  # the tool has not answered yet
+    assert seq.handle(ToolFinished("call_9", '{"status": "ending"}', 1_750, follow_up=False)) == [AnswerStreamed(2)]
+    assert seq.handle(PlaybackDrained(2, 2_600)) == [AgentSaid(2, "Goodbye, have a nice day!", interrupted=False)]
+    assert seq.history[-1] == {"role": "tool", "tool_call_id": "call_9", "content": '{"status": "ending"}'}
+
+
+def test_a_closing_line_waits_for_the_answer_playing_then_is_asked_with_its_instructions_and_token_limit() -> None:
+    seq = greeted()
+    seq.handle(CallerStoppedSpeaking(1_000))
+    seq.handle(CallerSaid("item_1", "Hours?", 1_200))
+    seq.handle(ChatDelta(1, "Nine to six.", 1_400))
+    seq.handle(ChatFinished(1, 1_450))
+    assert seq.closing("Wrap up now.", 160, 1_460) == []  # an answer is being said: after it
+    seq.handle(SpeechAudio(2, audio(500), 1_500))
+    seq.handle(SpeechFinished(2, 1_550))
+    out = seq.handle(PlaybackDrained(2, 2_100))
+    (start,) = of(StartChat, out)
+    assert start.messages[-1] == {"role": "system", "content": "Wrap up now."}
+    assert start.max_tokens == 160
+    assert seq.busy
+
+
+def test_a_stop_cancels_every_stream_in_flight_and_nothing_happens_after_it() -> None:
+    seq = greeted()
+    seq.handle(CallerStoppedSpeaking(1_000))
+    seq.handle(CallerSaid("item_1", "Tell me everything.", 1_200))
+    seq.handle(ChatDelta(1, "Well, there is a lot to say. ", 1_400))
+    seq.handle(SpeechAudio(2, audio(1_000), 1_500))
+    out = seq.stop(heard_ms=500)
+    assert of(CancelChat, out) == [CancelChat(1)] and of(CancelSpeech, out) == [CancelSpeech(2)]
+    assert seq.given_up and seq.handle(ChatDelta(1, "More.", 1_600)) == []
 
 
 def test_a_failed_chat_request_is_retried_once_then_the_call_gives_up() -> None:
@@ -188,3 +255,57 @@ def test_the_history_sent_is_trimmed_to_its_budget_and_never_starts_with_a_tool_
     messages = seq.messages()
     assert messages[0] == {"role": "system", "content": "system words"}
     assert [m["role"] for m in messages[1:]] == ["assistant"]  # the tool result lost its call: dropped too
+
+
+def test_a_barge_in_while_a_tool_runs_leaves_a_history_the_api_accepts() -> None:
+    """The model's tool call gets an answer in the history (interrupted), so the next request is valid."""
+    seq = greeted()
+    seq.handle(CallerStoppedSpeaking(1_000))
+    seq.handle(CallerSaid("item_1", "What is my balance?", 1_200))
+    seq.handle(ChatToolCalled(1, "call_1", "check_balance", "{}"))
+    seq.handle(ChatFinished(1, 1_500))
+    seq.handle(CallerStartedSpeaking(1_600))
+    assert seq.handle(ToolFinished("call_1", '{"balance": "42.00"}', 1_700)) == []  # late: dropped
+    (start,) = of(StartChat, seq.handle(CallerSaid("item_2", "Hello?", 2_000)))
+    roles = [m["role"] for m in start.messages]
+    asked = roles.index("assistant", 2)  # the message with the tool call
+    assert start.messages[asked]["tool_calls"][0]["id"] == "call_1"
+    assert start.messages[asked + 1] == {"role": "tool", "tool_call_id": "call_1",
+                                         "content": '{"error":"not finished: the caller interrupted"}'}  # fmt: skip
+    assert start.messages[-1] == {"role": "user", "content": "Hello?"}
+
+
+def test_a_closing_line_pending_when_the_caller_cuts_in_is_their_answer() -> None:
+    seq = greeted()
+    seq.handle(CallerStoppedSpeaking(1_000))
+    seq.handle(CallerSaid("item_1", "Hours?", 1_200))
+    seq.handle(ChatDelta(1, "Nine to six.", 1_400))
+    seq.handle(ChatFinished(1, 1_450))
+    seq.closing("Wrap up now.", 160, 1_460)
+    seq.handle(CallerStartedSpeaking(1_500, heard_ms=0))
+    assert seq.busy  # the closing line still waits: nothing may hang up on the caller yet
+    (start,) = of(StartChat, seq.handle(CallerSaid("item_2", "And Saturdays?", 2_500)))
+    assert start.messages[-2:] == ({"role": "user", "content": "And Saturdays?"},
+                                   {"role": "system", "content": "Wrap up now."})  # fmt: skip
+    assert start.max_tokens == 160
+
+
+def test_words_that_interrupt_an_answer_keep_what_the_caller_had_heard_of_it() -> None:
+    seq = greeted()
+    seq.handle(CallerStoppedSpeaking(1_000))
+    seq.handle(CallerSaid("item_1", "Hours?", 1_200))
+    seq.handle(ChatDelta(1, "We open at nine in the morning. We close at six.", 1_400))
+    seq.handle(ChatFinished(1, 1_450))
+    seq.handle(SpeechAudio(2, audio(2_000), 1_500))
+    out = seq.handle(CallerSaid("dtmf_1", "[The caller pressed the key 9 on their phone keypad.]", 2_600, 1_000))
+    assert of(AgentSaid, out) == [AgentSaid(2, "We open at", interrupted=True)]
+
+
+def test_a_resumed_call_whose_caller_spoke_last_is_answered() -> None:
+    seq = CascadeSequencer("x")
+    seq.history = [{"role": "assistant", "content": GREETING}, {"role": "user", "content": "Are you there?"}]
+    (start,) = of(StartChat, seq.resume(0))
+    assert start.messages[-1] == {"role": "user", "content": "Are you there?"}
+    answered = CascadeSequencer("x")
+    answered.history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    assert answered.resume(0) == []

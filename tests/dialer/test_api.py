@@ -80,11 +80,45 @@ async def test_campaign_lifecycle_and_validation(api: httpx.AsyncClient) -> None
     assert listing["total"] >= 1 and len(listing["items"]) == 1
 
 
+async def test_a_campaign_chooses_its_engine_or_leaves_it_to_the_deployment(api: httpx.AsyncClient) -> None:
+    default = (await api.get(f"/api/v1/campaigns/{await make_campaign(api)}")).json()
+    assert default["engine"] is None  # the deployment's ENGINE
+    cid = await make_campaign(api, engine="cascaded")
+    assert (await api.get(f"/api/v1/campaigns/{cid}")).json()["engine"] == "cascaded"
+    assert (await api.patch(f"/api/v1/campaigns/{cid}", json={"engine": "realtime"})).json()["engine"] == "realtime"
+    assert (await api.patch(f"/api/v1/campaigns/{cid}", json={"engine": None})).json()["engine"] is None
+    refused = await api.patch(f"/api/v1/campaigns/{cid}", json={"engine": "gpt-5"})
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_campaign_defines_its_extraction_schema_and_a_signed_webhook(api: httpx.AsyncClient) -> None:
+    schema = {"type": "object", "properties": {"appointment_kept": {"type": "boolean"}},
+              "required": ["appointment_kept"], "additionalProperties": False}  # fmt: skip
+    cid = await make_campaign(api, extraction_schema=schema, webhook_url="https://crm.example.test/hooks/calls",
+                              webhook_secret="0123456789abcdef-secret")  # fmt: skip
+    made = (await api.get(f"/api/v1/campaigns/{cid}")).json()
+    assert made["extraction_schema"] == schema and made["webhook_url"] == "https://crm.example.test/hooks/calls"
+    assert made["webhook_secret_set"] is True and "webhook_secret" not in made  # write-only
+    loose = {"type": "object", "properties": {"kept": {"type": "boolean"}}}
+    refused = await api.patch(f"/api/v1/campaigns/{cid}", json={"extraction_schema": loose})
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+    assert "'additionalProperties' is required to be supplied and to be false" in refused.json()["detail"]
+    unsigned = await api.post("/api/v1/campaigns", json={**CAMPAIGN, "webhook_url": "https://crm.example.test/h"})
+    assert unsigned.status_code == 422 and "webhook_secret" in unsigned.json()["detail"]
+    dropped = await api.patch(f"/api/v1/campaigns/{cid}", json={"webhook_secret": None})
+    assert dropped.status_code == 422  # the URL stays: deliveries would be unsigned
+    cleared = (await api.patch(f"/api/v1/campaigns/{cid}", json={"webhook_url": None, "webhook_secret": None,
+                                                                 "extraction_schema": None})).json()  # fmt: skip
+    assert (cleared["webhook_url"], cleared["webhook_secret_set"], cleared["extraction_schema"]) == (None, False, None)
+
+
 async def test_csv_import_reports_bad_rows_and_reimport_changes_nothing(api: httpx.AsyncClient) -> None:
     cid = await make_campaign(api)
     first = (await api.post(f"/api/v1/campaigns/{cid}/contacts/csv", files={"file": ("c.csv", CSV, "text/csv")})).json()
-    assert (first["total"], first["accepted"], first["created"]) == (5, 3, 3)
-    assert sorted((e["line"], e["code"]) for e in first["errors"]) == [(3, "phone.invalid"), (4, "row.duplicate")]
+    assert (first["total"], first["accepted"], first["created"], first["held"]) == (5, 3, 3, 1)
+    # rows as the spreadsheet numbers them (the header is row 1)
+    assert sorted((e["line"], e["code"]) for e in first["errors"]) == [(4, "phone.invalid"), (5, "row.duplicate")]
+    assert (first["encoding"], first["delimiter"]) == ("utf-8", ",")
     again = (await api.post(f"/api/v1/campaigns/{cid}/contacts/csv", files={"file": ("c.csv", CSV, "text/csv")})).json()
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 3)
     contacts = (await api.get(f"/api/v1/campaigns/{cid}/contacts")).json()["items"]
@@ -92,6 +126,42 @@ async def test_csv_import_reports_bad_rows_and_reimport_changes_nothing(api: htt
     assert set(by_phone) == {"+12125550123", "+15125550123", "+18005550123"}
     assert by_phone["+18005550123"]["status"] == "held"  # toll-free: held for review, never dialed
     assert "America/Chicago" in by_phone["+15125550123"]["location"]["zones"]
+    # each accepted row with its contact's id, what happened to it, and why it is held when it is
+    assert [(r["line"], r["phone"], r["outcome"], r["status"]) for r in first["rows"]] == [
+        (2, "+12125550123", "created", "pending"), (3, "+15125550123", "created", "pending"),
+        (6, "+18005550123", "created", "held"),
+    ]  # fmt: skip
+    assert {r["phone"]: r["contact_id"] for r in first["rows"]} == {p: c["id"] for p, c in by_phone.items()}
+    assert "toll-free" in first["rows"][2]["held_reason"] and first["rows"][0]["held_reason"] is None
+    assert [r["outcome"] for r in again["rows"]] == ["unchanged"] * 3
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [(b"", "file.empty"), ("phone\n212-555-0123\n".encode("utf-16")[:-1], "file.encoding"),
+     (b"name;zip\nAda;10001\n", "file.no_phone_column"), (b"phone\n", "file.no_rows")],
+)  # fmt: skip
+async def test_a_file_that_cannot_be_imported_is_refused_with_422_and_nothing_stored(
+    api: httpx.AsyncClient, data: bytes, code: str
+) -> None:
+    cid = await make_campaign(api)
+    refused = await api.post(f"/api/v1/campaigns/{cid}/contacts/csv", files={"file": ("c.csv", data, "text/csv")})
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == code and refused.json()["title"] == "File not imported"
+    assert (await api.get(f"/api/v1/campaigns/{cid}/contacts")).json()["items"] == []
+
+
+async def test_the_template_imports_as_it_is_and_a_semicolon_utf16_sheet_is_read(api: httpx.AsyncClient) -> None:
+    template = await api.get("/api/v1/contacts/template.csv")
+    assert template.status_code == 200 and template.headers["content-type"].startswith("text/csv")
+    cid = await make_campaign(api)
+    imported = (await api.post(f"/api/v1/campaigns/{cid}/contacts/csv",
+                               files={"file": ("t.csv", template.content, "text/csv")})).json()  # fmt: skip
+    assert (imported["created"], imported["rejected"]) == (2, 0)
+    sheet = "Phone;Name\r\n(212) 555-0177;Zoë\r\n".encode("utf-16")
+    read = (await api.post(f"/api/v1/campaigns/{cid}/contacts/csv",
+                           files={"file": ("s.csv", sheet, "text/csv")})).json()  # fmt: skip
+    assert (read["encoding"], read["delimiter"], read["created"]) == ("utf-16", ";", 1)
 
 
 async def test_the_documented_json_contact_import_is_reachable(api: httpx.AsyncClient) -> None:

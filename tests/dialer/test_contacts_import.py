@@ -48,7 +48,7 @@ def test_full_row_every_column() -> None:
     assert report.errors == ()
     assert report.rows == (
         ContactRow(
-            line=1,
+            line=2,  # the spreadsheet's row: the header is row 1
             phone="+12125550123",
             name="Jane Doe",
             zip="10001",
@@ -137,7 +137,7 @@ def test_quoted_fields_with_commas_quotes_and_newlines() -> None:
     assert report.errors == ()
     assert report.rows[0].name == 'Doe, Jane "JD"'
     assert report.rows[0].consent_source == "signup form, page 2\nsecond line"
-    assert [r.line for r in report.rows] == [1, 2]  # data rows, not physical lines
+    assert [r.line for r in report.rows] == [2, 3]  # spreadsheet rows, not physical lines
 
 
 def test_zip_plus_four_stored_as_five_digits() -> None:
@@ -213,7 +213,7 @@ def test_unknown_columns_ignored_but_kept_in_raw() -> None:
 def test_blank_rows_skipped_but_keep_their_number() -> None:
     report = parse("phone,name\n212-555-0123,a\n\n,\n212-555-0124,b\n")
     assert report.total == 2
-    assert [r.line for r in report.rows] == [1, 4]
+    assert [r.line for r in report.rows] == [2, 5]
 
 
 # --- row errors ---------------------------------------------------------------------------------------
@@ -254,48 +254,49 @@ def test_each_field_error_with_line_and_field(column: str, value: str, field: st
     data = csv_bytes([header, good, bad, ["212-555-0102", *good[1:]]])
     report = parse_contacts_csv(data, now=NOW)
     error = only_error(report)
-    assert (error.line, error.field, error.code) == (2, field, code)
+    assert (error.line, error.field, error.code) == (3, field, code)
     assert error.raw is not None and error.raw[column] == value
-    assert [r.line for r in report.rows] == [1, 3]
+    assert [r.line for r in report.rows] == [2, 4]
     assert (report.total, report.accepted, report.rejected) == (3, 2, 1)
 
 
 def test_one_error_per_row_first_in_column_order() -> None:
     report = parse("phone,zip,state,consent\nnope,1,ZZ,maybe\n212-555-0123,1,ZZ,maybe\n")
-    assert [(e.line, e.code) for e in report.errors] == [(1, "phone.invalid"), (2, "zip.invalid")]
+    assert [(e.line, e.code) for e in report.errors] == [(2, "phone.invalid"), (3, "zip.invalid")]
 
 
 def test_duplicates_keep_the_first() -> None:
     report = parse("phone,name\n(212) 555-0123,first\n212-555-0124,other\n+1 212 555 0123,second\n2125550123,third\n")
-    assert [(r.line, r.name) for r in report.rows] == [(1, "first"), (2, "other")]
+    assert [(r.line, r.name) for r in report.rows] == [(2, "first"), (3, "other")]
     assert [(e.line, e.field, e.code) for e in report.errors] == [
-        (3, "phone", "row.duplicate"),
         (4, "phone", "row.duplicate"),
+        (5, "phone", "row.duplicate"),
     ]
-    assert all("line 1" in e.message and "+12125550123" in e.message for e in report.errors)
+    assert all("row 2" in e.message and "+12125550123" in e.message for e in report.errors)
 
 
 def test_duplicate_of_a_rejected_row_is_not_a_duplicate() -> None:
     # Only accepted rows are kept, so the first acceptable row for a number wins.
     report = parse("phone,consent\n212-555-0123,maybe\n212-555-0123,written\n")
-    assert [(e.line, e.code) for e in report.errors] == [(1, "consent.unknown")]
-    assert [r.line for r in report.rows] == [2]
+    assert [(e.line, e.code) for e in report.errors] == [(2, "consent.unknown")]
+    assert [r.line for r in report.rows] == [3]
 
 
 def test_wrong_column_count() -> None:
-    report = parse("phone,name\n212-555-0123,a\n212-555-0124\n212-555-0125,c,extra\n212-555-0126,d\n")
-    assert [(e.line, e.field, e.code) for e in report.errors] == [(2, None, "row.columns"), (3, None, "row.columns")]
+    report = parse("phone,name\n212-555-0123,a\n212-555-0124\n212-555-0125,c,extra\n212-555-0126,d\n212-555-0127,e,,\n")
+    assert [(e.line, e.field, e.code) for e in report.errors] == [(3, None, "row.columns"), (4, None, "row.columns")]
     assert report.errors[1].raw == {"phone": "212-555-0125", "name": "c", "extra_3": "extra"}
-    assert [r.line for r in report.rows] == [1, 4]
+    assert [r.line for r in report.rows] == [2, 5, 6]  # empty cells past the last column: a spreadsheet's habit
 
 
-def test_undecodable_row() -> None:
-    data = b"phone,name\n212-555-0123,ok\n212-555-0124,Jos\xe9\n212-555-0125,fine\n"
+def test_a_windows_1252_file_is_read_as_such_not_rejected_row_by_row() -> None:
+    data = b"phone,name\n212-555-0123,ok\n212-555-0124,Jos\xe9 \x93Pepe\x94\n212-555-0125,fine\n"
     report = parse_contacts_csv(data, now=NOW)
-    error = only_error(report)
-    assert (error.line, error.code) == (2, "row.encoding")
-    assert error.raw == {"phone": "212-555-0124", "name": "Jos\ufffd"}
-    assert [r.line for r in report.rows] == [1, 3]
+    assert report.errors == () and report.encoding == "cp1252"
+    assert [r.name for r in report.rows] == ["ok", "Jos\u00e9 \u201cPepe\u201d", "fine"]
+    # bytes cp1252 leaves undefined (0x81): Latin-1, which reads every byte
+    latin = parse_contacts_csv(b"phone,name\n212-555-0123,A\x81\xe9\n", now=NOW)
+    assert (latin.encoding, latin.rows[0].name) == ("latin-1", "A\x81\u00e9")
 
 
 # --- file errors ---------------------------------------------------------------------------------------
@@ -305,6 +306,7 @@ def test_missing_phone_column() -> None:
     report = parse("name,zip\nJane,10001\nJohn,10002\n")
     error = only_error(report)
     assert (error.line, error.field, error.code) == (0, None, "file.no_phone_column")
+    assert report.file_error == error
     assert report.rows == ()
     assert (report.total, report.accepted, report.rejected) == (2, 0, 2)
 
@@ -322,20 +324,19 @@ def test_two_columns_for_one_field() -> None:
     assert report.rows == ()
 
 
-def test_undecodable_header_and_utf16() -> None:
-    assert only_error(parse_contacts_csv(b"ph\xf6ne\n212-555-0123\n", now=NOW)).code == "file.encoding"
-    utf16 = "phone\n212-555-0123\n".encode("utf-16")
-    assert only_error(parse_contacts_csv(utf16, now=NOW)).code == "file.encoding"
+def test_a_truncated_utf16_file_is_refused_as_a_file() -> None:
+    whole = "phone\n212-555-0123\n".encode("utf-16")
+    assert only_error(parse_contacts_csv(whole[:-1], now=NOW)).code == "file.encoding"
 
 
 def test_malformed_quoting_rejects_the_file() -> None:
     report = parse('phone,name\n212-555-0123,ok\n212-555-0124,"unclosed\n212-555-0125,x\n')
     error = only_error(report)
     assert error.code == "file.malformed"
-    assert error.line == 2
+    assert error.line == 3
     assert report.rows == ()
     stray = parse('phone,name\n212-555-0123,"a"b\n')
-    assert (only_error(stray).code, only_error(stray).line) == ("file.malformed", 1)
+    assert (only_error(stray).code, only_error(stray).line) == ("file.malformed", 2)
 
 
 def test_max_rows() -> None:
@@ -441,7 +442,10 @@ HEADER = ["phone", "name", "zip", "state", "timezone", "consent", "consent_at", 
 def test_every_row_accepted_or_exactly_one_error(rows: list[tuple[str, ...]], bom: bool) -> None:
     data = csv_bytes([HEADER, *[list(r) for r in rows]], bom=bom)
     report = parse_contacts_csv(data, now=NOW)
-    counted = [i + 1 for i, r in enumerate(rows) if any(v.strip() for v in r)]  # all-blank rows are skipped
+    counted = [i + 2 for i, r in enumerate(rows) if any(v.strip() for v in r)]  # the header is row 1; blanks skipped
+    if not counted:  # a header and no data: the file is refused as a whole
+        assert only_error(report).code == "file.no_rows"
+        return
     assert report.total == len(counted)
     assert report.accepted + report.rejected == report.total
     accepted = [r.line for r in report.rows]
@@ -452,10 +456,10 @@ def test_every_row_accepted_or_exactly_one_error(rows: list[tuple[str, ...]], bo
     # The JSON path validates the same way (JSON counts blank items too, so compare the non-blank ones).
     items = [dict(zip(HEADER, r, strict=True)) for r in rows]
     from_json = parse_contacts_json(items, now=NOW)
-    assert [(r.line, r.phone, r.consent, r.consent_at) for r in from_json.rows] == [
+    assert [(r.line + 1, r.phone, r.consent, r.consent_at) for r in from_json.rows] == [
         (r.line, r.phone, r.consent, r.consent_at) for r in report.rows
-    ]
-    assert [(e.line, e.code) for e in from_json.errors if e.line in counted] == [
+    ]  # a JSON item's number is its index + 1; the CSV row's, its spreadsheet row
+    assert [(e.line + 1, e.code) for e in from_json.errors if e.line + 1 in counted] == [
         (e.line, e.code) for e in report.errors
     ]
 
@@ -464,6 +468,77 @@ def test_a_nul_character_in_a_cell_rejects_that_row_only() -> None:
     data = b"phone,name\n+12125550123,Ada\n+12125550124,Bo\x00b\n+12125550125,Cy\n"
     report = parse_contacts_csv(data, now=NOW)
     assert [r.phone for r in report.rows] == ["+12125550123", "+12125550125"]
-    assert [(e.line, e.field, e.code) for e in report.errors] == [(2, "name", "cell.nul")]
+    assert [(e.line, e.field, e.code) for e in report.errors] == [(3, "name", "cell.nul")]
     json_report = parse_contacts_json([{"phone": "+12125550123", "name": "x\x00"}, {"phone": "+12125550124"}], now=NOW)
     assert [(e.line, e.code) for e in json_report.errors] == [(1, "cell.nul")] and len(json_report.rows) == 1
+
+
+# --- files as spreadsheets save them (issue 16) ----------------------------------------------------------
+
+SHEET = [["Phone", "Name", "State"], ["(212) 555-0123", "Zoë Ström", "NY"], ["212 555 0124", "Renée", "new york"]]
+
+
+def sheet_text(delimiter: str = ",") -> str:
+    out = io.StringIO()
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n").writerows(SHEET)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("encoded", "encoding"),
+    [
+        (sheet_text().encode("utf-8"), "utf-8"),
+        (b"\xef\xbb\xbf" + sheet_text().encode("utf-8"), "utf-8-sig"),  # Excel's "CSV UTF-8"
+        (sheet_text().encode("utf-16"), "utf-16"),  # Excel's "Unicode text" (a BOM, little-endian)
+        (b"\xfe\xff" + sheet_text().encode("utf-16-be"), "utf-16"),
+        (sheet_text().encode("utf-16-le"), "utf-16-le"),  # no BOM
+        (sheet_text().encode("utf-16-be"), "utf-16-be"),
+        (sheet_text().encode("cp1252"), "cp1252"),  # Excel's plain "CSV" on Windows
+    ],
+    ids=["utf-8", "utf-8-bom", "utf-16-bom", "utf-16-be-bom", "utf-16-le", "utf-16-be", "cp1252"],
+)
+def test_every_encoding_a_spreadsheet_saves_in_reads_the_same_rows(encoded: bytes, encoding: str) -> None:
+    report = parse_contacts_csv(encoded, now=NOW)
+    assert report.errors == () and report.encoding == encoding
+    assert [(r.line, r.phone, r.name, r.state) for r in report.rows] == [
+        (2, "+12125550123", "Zoë Ström", "NY"),
+        (3, "+12125550124", "Renée", "NY"),
+    ]
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"], ids=["comma", "semicolon", "tab", "pipe"])
+def test_the_delimiter_is_found_from_the_header_row(delimiter: str) -> None:
+    report = parse_contacts_csv(sheet_text(delimiter).encode(), now=NOW)
+    assert report.errors == () and report.delimiter == delimiter
+    assert [r.name for r in report.rows] == ["Zoë Ström", "Renée"]
+
+
+def test_semicolons_with_commas_in_the_values_and_excels_sep_line() -> None:
+    european = "phone;name\n+1 212 555 0123;Müller, Hans\n"
+    report = parse_contacts_csv(european.encode(), now=NOW)
+    assert report.delimiter == ";" and report.rows[0].name == "Müller, Hans"
+    said = parse_contacts_csv(b"sep=;\r\nphone;name\r\n212-555-0123;Ada, Lovelace\r\n", now=NOW)
+    assert (said.delimiter, said.rows[0].name, said.rows[0].line) == (";", "Ada, Lovelace", 2)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "file.empty"),
+        (b"\r\n \r\n", "file.empty"),
+        (b"\xef\xbb\xbf", "file.empty"),
+        ("".encode("utf-16"), "file.empty"),
+        (b"phone,name\r\n", "file.no_rows"),
+        (b"name,zip\r\nAda,10001\r\n", "file.no_phone_column"),
+        ("Name;Zip\r\nAda;10001\r\n".encode("utf-16"), "file.no_phone_column"),
+        ("phone\n212-555-0123\n".encode("utf-16")[:-1], "file.encoding"),
+        (b'phone,name\r\n212-555-0123,"unclosed\r\n', "file.malformed"),
+        (b"phone,mobile\r\n212-555-0123,212-555-0124\r\n", "file.duplicate_column"),
+    ],
+    ids=["empty", "blank-lines", "bom-only", "utf-16-empty", "header-only", "no-phone-column", "utf-16-no-phone",
+         "utf-16-truncated", "unclosed-quote", "two-phone-columns"],
+)  # fmt: skip
+def test_a_file_that_cannot_be_imported_is_one_file_error_and_no_rows(data: bytes, code: str) -> None:
+    report = parse_contacts_csv(data, now=NOW)
+    error = only_error(report)
+    assert error.code == code and report.file_error == error and report.rows == ()

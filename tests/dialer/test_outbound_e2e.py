@@ -14,9 +14,11 @@ from app.db import make_engine, make_sessionmaker
 from app.dialer.location import locate
 from app.dialer.models import Attempt, Campaign, ConsentRecord, Contact, NationalDncImport
 from app.dialer.service import location_to_dict
+from app.emulator.audio import SpeechSynth
+from app.emulator.cascade import CascadeStages
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
-from tests.support import TwilioStream, key_for, make_settings, post_webhook, serve, twiml_stream
+from tests.support import TwilioStream, key_for, make_settings, post_webhook, serve, serve_asgi, twiml_stream
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 
@@ -24,13 +26,14 @@ CALLEE = "+12125550123"
 NOW = datetime(2026, 7, 1, 16, 0, tzinfo=UTC)
 
 
-async def seed(database_url: str) -> tuple[int, int, int]:
+async def seed(database_url: str, answered_by: str | None = None) -> tuple[int, int, int]:
     engine = make_engine(database_url)
     try:
         async with make_sessionmaker(engine)() as session:
             campaigns = [
                 Campaign(name=name, purpose="marketing", subject=name, caller_id="+12125550100", status="running",
-                         instructions="Offer the summer cleaning special.", created_at=NOW, updated_at=NOW)
+                         instructions="Offer the summer cleaning special.", created_at=NOW, updated_at=NOW,
+                         engine=answered_by)
                 for name in ("summer", "autumn")
             ]  # fmt: skip
             session.add_all(campaigns)
@@ -92,3 +95,41 @@ async def test_an_answered_marketing_call_identifies_offers_opt_out_and_the_key_
     assert "summer cleaning special" in update["session"]["instructions"]
     assert decision["outcome"] == "deny" and decision["reasons"][0]["code"] == "consent.revoked"
     assert dnc["internal"] is True
+
+
+async def test_a_campaign_that_chose_the_cascaded_engine_speaks_its_identification_word_for_word(
+    tmp_path: Path,
+) -> None:
+    config = EmulatorConfig(tts="synthetic")
+    async with (
+        RealtimeEmulator(config) as emulator,
+        serve_asgi((stages := CascadeStages(config, SpeechSynth(mode="synthetic"))).app) as stages_base,
+    ):
+        # The deployment's engine is Realtime: the campaign's choice wins for its calls.
+        settings = make_settings(tmp_path, realtime_url=emulator.url, stt_url=emulator.url,
+                                 chat_base_url=f"{stages_base}/v1", tts_base_url=f"{stages_base}/v1")  # fmt: skip
+        attempt_id, _, _ = await seed(settings.effective_database_url, answered_by="cascaded")
+        async with serve(settings) as base:
+            sid = "CA" + "7" * 32
+            answered = await post_webhook(
+                base,
+                f"/twilio/outbound?attempt={attempt_id}",
+                {"CallSid": sid, "From": "+12125550100", "To": CALLEE, "Direction": "outbound-api"},
+            )
+            _, params = twiml_stream(answered.text)
+            custom = {"direction": "outbound"}
+            async with TwilioStream.open(base, call_sid=sid, token=params["token"], custom=custom, auto_ack=True) as tw:
+                session = await emulator.wait_for_session(0)
+                await tw.wait_for(lambda m: m["event"] == "media")
+                await tw.dtmf("9")
+                await tw.wait_for(lambda m: bool(stages.chats))
+                await tw.stop()
+                await tw.wait_closed()
+    assert session.transcription_only  # the campaign's call is heard by a transcription session
+    assert stages.speeches[0].body["input"] == (
+        "Hello, this is an automated call from Acme Dental. You can call us back at 212-555-0100. "
+        "If you do not want these calls, say stop or press 9 and we will not call you again."
+    )
+    system = stages.chats[0].body["messages"][0]["content"]
+    assert "summer cleaning special" in system and "212-555-0100" in system
+    assert "press" in stages.chats[0].body["messages"][-1]["content"]  # the key press, told to the model

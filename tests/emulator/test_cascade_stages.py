@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import openai
 import pytest
 from openai import AsyncOpenAI
+from pydantic import BaseModel
 
 from app.emulator.audio import SpeechSynth
 from app.emulator.cascade import CascadeStages
@@ -146,3 +148,56 @@ async def test_the_voice_is_rendered_while_the_first_bytes_delay_runs() -> None:
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
         await client.close()
+
+
+class Party(BaseModel):
+    adults: int
+    children: int
+
+
+class Booking(BaseModel):
+    booked: bool
+    slot: str | None
+    party: Party
+    mood: Literal["positive", "neutral", "upset"]
+    topics: list[str]
+
+
+async def test_structured_outputs_from_the_sdks_own_strict_schema_fit_it_and_parse(
+    stages: tuple[CascadeStages, AsyncOpenAI],
+) -> None:
+    """The SDK's ``parse`` makes its strict schema from a pydantic model (its own reading of the rules, not
+    ours): the emulator takes it and answers in its shape, derived from what the user said."""
+    _, client = stages
+    completion = await client.chat.completions.parse(
+        model="gpt-4.1-mini",
+        messages=[{"role": "user", "content": "caller: I booked for 2 adults and I am upset"}],
+        response_format=Booking,
+    )
+    parsed = completion.choices[0].message.parsed
+    assert parsed == Booking(booked=True, slot="I booked for 2 adults and I am upset", party=Party(adults=2, children=2),
+                             mood="upset", topics=[])  # fmt: skip
+
+
+async def test_a_schema_that_is_not_strict_is_refused_in_strict_mode_as_the_api_does(
+    stages: tuple[CascadeStages, AsyncOpenAI],
+) -> None:
+    _, client = stages
+    loose = {"type": "object", "properties": {"booked": {"type": "boolean"}}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "booking", "strict": True,
+                                                                    "schema": loose}},
+        )  # fmt: skip
+    body = refused.value.body
+    assert body["param"] == "response_format"  # type: ignore[index]
+    assert body["message"] == (  # type: ignore[index]
+        "Invalid schema for response_format 'booking': In context=(), 'additionalProperties' is required to be "
+        "supplied and to be false."
+    )
+    answered = await client.chat.completions.create(  # not strict: taken as it is
+        model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "booking", "schema": loose}},
+    )  # fmt: skip
+    assert answered.choices[0].message.content == '{"booked":false}'

@@ -23,6 +23,7 @@
   }
 
   function utc(ms) {
+    if (ms !== null && ms !== undefined && window.sbFormatTime) return window.sbFormatTime(ms);
     if (ms === null || ms === undefined) return "–";
     return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
   }
@@ -42,7 +43,7 @@
     var text = el("span", "text", l.text);
     if (l.interrupted) {
       text.appendChild(document.createTextNode(" "));
-      var badge = el("span", "badge", "cut off");
+      var badge = el("span", "badge", "cut off: barge-in");
       badge.setAttribute("aria-hidden", "true");
       text.appendChild(badge);
       text.appendChild(el("span", "visually-hidden", " (cut off: the caller spoke over this line)"));

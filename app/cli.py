@@ -263,6 +263,45 @@ def emulator(
     asyncio.run(serve_forever(host, port, EmulatorConfig(), stages_port))
 
 
+@cli.command()
+def carrier(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8777,
+    people: Annotated[
+        Path, typer.Option(help="Who answers each number (JSON; see examples/carrier/people.json)")
+    ] = Path("examples/carrier/people.json"),
+    server: Annotated[
+        str | None,
+        typer.Option(help="Where the server listens, when PUBLIC_BASE_URL names another address (a tunnel, a proxy)"),
+    ] = None,
+    emulator: Annotated[
+        str | None, typer.Option(help="The Realtime emulator to tell people's words to, so transcripts hold them")
+    ] = "ws://127.0.0.1:8765/v1",
+) -> None:
+    """Run the local carrier: Twilio's Calls API and the people it rings, for campaigns run locally. Point the
+    server at it with TWILIO_API_BASE_URL=http://HOST:PORT (scripts/dev does)."""
+    import json
+
+    import uvicorn
+
+    from app.carrier.people import People, PeopleError
+    from app.carrier.server import Carrier, CarrierConfig
+    from app.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        table = People.from_json(json.loads(people.read_text(encoding="utf-8")))
+    except (OSError, ValueError, PeopleError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--people") from None
+    config = CarrierConfig(
+        account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token.get_secret_value(),
+        people=table, server=server, emulator=emulator or None,
+    )  # fmt: skip
+    typer.echo(f"Local carrier (Twilio's Calls API) on http://{host}:{port}; call logs at /carrier/calls")
+    uvicorn.run(Carrier(config).app, host=host, port=port, log_config=None, access_log=False)
+
+
 @cli.command("simulate-call")
 def simulate_call_cmd(
     wav: Annotated[Path | None, typer.Option(help="Caller audio (any WAV)")] = None,

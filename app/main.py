@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -171,10 +171,16 @@ def make_bridge_config(settings: Settings, tools: ToolRegistry) -> BridgeConfig:
     )
 
 
-def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, tools: ToolRegistry | None = None, clock: Callable[[], datetime] | None = None
+) -> FastAPI:
+    """The app; ``clock`` (a test's) replaces the wall clock of the dialer and of the call outcomes."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings, tools=tools)
+        if clock is not None:
+            runtime.clock = clock
         app.state.runtime = runtime
         runtime.takeovers.start()
         background = [
@@ -185,7 +191,7 @@ def create_app(settings: Settings, *, tools: ToolRegistry | None = None) -> Fast
         if in_process is None:
             in_process = runtime.engine.dialect.name == "sqlite"  # one node: it may be the single claimant
         if in_process:
-            background.append(asyncio.create_task(Dialer(runtime).run_forever(), name="dialer"))
+            background.append(asyncio.create_task(Dialer(runtime, clock=runtime.clock).run_forever(), name="dialer"))
         recording_days = settings.effective_recording_retention_days
         if settings.transcript_retention_days is not None or recording_days is not None:
             retention = run_retention(

@@ -8,6 +8,7 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -53,6 +54,8 @@ class Runtime:
     chat_tools: list[dict[str, Any]]  # the tools as the chat model takes them
     recordings: RecordingStore
     redact: Callable[[str], str] | None = None  # transcript redaction, when configured
+    # The dialer's clock: its decisions and the call outcomes it schedules retries from (a test moves it)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     post_call: Any = None  # the node's post-call worker (app.results.worker.PostCallWorker), once started
     sessions: dict[str, Any] = field(default_factory=dict)  # call sid -> its CallSession on this node
     draining: bool = False  # SIGTERM received: not ready; active calls finish or are handed over

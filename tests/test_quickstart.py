@@ -2,8 +2,8 @@
 the server and the emulator it starts, then the simulated call the README shows, whose output must have the
 shape the README promises, caller lines included (the words said).
 
-The README's commands are run as written, with the ports moved (PORT, EMULATOR_PORT, which scripts/dev
-documents, and the matching --server and --emulator) so that the test does not depend on 8000 and 8765 being
+The README's commands are run as written, with the ports moved (PORT, EMULATOR_PORT, CARRIER_PORT, which
+scripts/dev documents, and the matching --server and --emulator) so that the test does not depend on 8000 and 8765 being
 free; `scripts/test`, the README's second command, is what runs this very suite."""
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def shape(line: str) -> str:
     return re.sub(r"CA[0-9a-f]{32}|MZ[0-9a-f]{32}|\d+(\.\d+)?", "#", line).strip()
 
 
+def started_at(printed: list[str]) -> int:
+    """The index of the server's app.started line, or past the end while it has not come."""
+    return next((i for i, line in enumerate(printed) if "app.started" in line), len(printed))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -53,11 +58,13 @@ async def test_the_readme_quickstart_runs_on_a_fresh_clone_and_prints_what_it_pr
     assert dev == "scripts/dev" and simulate[:2] == [".venv/bin/switchboard", "simulate-call"]
     clone = tmp_path / "switchboard"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    port, emulator_port = free_port(), free_port()
-    while emulator_port + 1 == port:  # the emulator's stages listen on the next port
+    port, emulator_port, carrier_port = free_port(), free_port(), free_port()
+    while emulator_port + 1 in (port, carrier_port):  # the emulator's stages listen on the next port
         emulator_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_", "DATABASE_", "VIRTUAL_ENV"))}
-    env |= {"PORT": str(port), "EMULATOR_PORT": str(emulator_port), "DATA_DIR": str(tmp_path / "data")}
+    unset = ("OPENAI_", "REDIS_", "DATABASE_", "VIRTUAL_ENV", "TWILIO_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
+    env |= {"PORT": str(port), "EMULATOR_PORT": str(emulator_port), "CARRIER_PORT": str(carrier_port),
+            "DATA_DIR": str(tmp_path / "data")}  # fmt: skip
     server = await asyncio.create_subprocess_exec(
         *shlex.split(dev), cwd=clone, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
@@ -66,7 +73,8 @@ async def test_the_readme_quickstart_runs_on_a_fresh_clone_and_prints_what_it_pr
     try:
         assert server.stdout is not None
         async with asyncio.timeout(SETUP_TIMEOUT_S):  # until the server says it listens
-            while not any("Application startup complete" in line for line in printed):
+            # The carrier (started first) runs uvicorn too: the server's start is the one after its app.started
+            while not any("Application startup complete" in line for line in printed[started_at(printed) :]):
                 line = (await server.stdout.readline()).decode()
                 assert line, "scripts/dev ended:\n" + "".join(printed[-40:])
                 printed.append(line)
@@ -83,6 +91,9 @@ async def test_the_readme_quickstart_runs_on_a_fresh_clone_and_prints_what_it_pr
         await asyncio.wait_for(server.wait(), 60)
     started = "".join(printed)
     assert f"console:  http://127.0.0.1:{port}/console" in started and "create-api-key --role admin" in started
+    # scripts/dev started the local carrier, and the server says it talks to it (not to Twilio)
+    assert f"local carrier (Twilio's Calls API and scripted people) on 127.0.0.1:{carrier_port}" in started
+    assert f"127.0.0.1:{carrier_port}" in printed[started_at(printed)], printed[started_at(printed)]
     text = out.decode()
     assert call.returncode == 0, (text, err.decode()[-3000:])
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("{")]  # (JSON logs aside)

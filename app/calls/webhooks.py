@@ -182,7 +182,7 @@ async def status(request: Request) -> Response:
     call_sid = _field(form, "CallSid")
     keep = ("CallStatus", "CallDuration", "Direction", "Timestamp", "SequenceNumber", "AnsweredBy", "ErrorCode")
     detail = {k: _field(form, k) for k in keep if _field(form, k)}
-    now = datetime.now(UTC)
+    now = rt.clock()
     await record_call_event(rt.sessionmaker, call_sid=call_sid, kind="status_callback", detail=detail, at=now)
     async with rt.sessionmaker() as session:
         attempt = await outcomes.attempt_for(session, attempt_id=request.query_params.get("attempt"), call_sid=call_sid)

@@ -642,6 +642,7 @@ class AttemptOut(BaseModel):
     status: str
     answered_by: str | None
     disposition: str | None
+    ended_at: datetime | None = Field(description="when the call's final status came; null while it goes on")
 
 
 @router.get("/campaigns/{campaign_id}/attempts", response_model=Page[AttemptOut])
@@ -663,6 +664,7 @@ class Progress(BaseModel):
     abandonment_rate_30d: float | None = Field(
         description="abandoned / answered; the legal limit for marketing is 0.03"
     )
+    finished: bool = Field(description="every contact is done or held: nothing is left to dial")
 
 
 @router.get("/campaigns/{campaign_id}/progress", response_model=Progress)
@@ -705,6 +707,7 @@ async def campaign_progress(campaign_id: CampaignIdPath, session: SessionDep) ->
         answered_30d=len(answered),
         abandoned_30d=abandoned,
         abandonment_rate_30d=rate,
+        finished=bool(contacts) and set(contacts) <= {"done", "held"},
     )
 
 

@@ -35,9 +35,11 @@ __all__ = [
     "CallResult",
     "CallScript",
     "CallSetupError",
+    "MediaStreamCall",
     "StreamInstruction",
     "TurnTiming",
     "new_call_sid",
+    "open_media_stream",
     "parse_connect_stream",
     "simulate_call",
 ]
@@ -172,35 +174,14 @@ async def simulate_call(
         )
     twiml = response.text
     stream = parse_connect_stream(twiml)
-
-    ws_url = _server_ws_url(server_url, stream.url)
-    ws_signature = str(validator.compute_signature(stream.url, {}))
-    try:
-        ws = await connect(
-            ws_url,
-            additional_headers={SIGNATURE_HEADER: ws_signature},
-            user_agent_header="Twilio.TmeWs/1.0",
-            compression=None,
-            ping_interval=None,
-            max_size=None,
-            open_timeout=10,
-            close_timeout=5,
-        )
-    except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
-        raise CallSetupError(f"media stream upgrade to {ws_url} failed: {exc!r}") from exc
-
-    call = _MediaStreamCall(
-        ws=ws,
-        script=script,
-        call_sid=call_sid,
-        account_sid=account_sid,
-        custom_parameters=stream.parameters,
-        vad_silence_ms=vad_silence_ms,
-    )
+    call = await open_media_stream(
+        server_url=server_url, stream=stream, auth_token=auth_token, call_sid=call_sid, account_sid=account_sid,
+        script=script, vad_silence_ms=vad_silence_ms,
+    )  # fmt: skip
     try:
         result = await call.run(twiml=twiml)
     finally:
-        await ws.close()
+        await call.close()
     if result.protocol_errors:
         _log.warning(
             "simulated_call_protocol_errors",
@@ -218,7 +199,45 @@ def _server_ws_url(server_url: str, stream_url: str) -> str:
     return urlunsplit((scheme, server.netloc, urlsplit(stream_url).path or "/", "", ""))
 
 
-class _MediaStreamCall:
+async def open_media_stream(
+    *,
+    server_url: str,
+    stream: StreamInstruction,
+    auth_token: str,
+    call_sid: str,
+    account_sid: str,
+    script: CallScript,
+    vad_silence_ms: int = 500,
+) -> MediaStreamCall:
+    """Open the media stream a `<Connect><Stream>` asks for, as Twilio does: the upgrade goes to the server's
+    own address (`server_url`), signed over the stream url exactly as the TwiML gives it. Then `run()` plays
+    the caller's script; `stop()` ends the stream from the phone side (a live-call update, a hang-up)."""
+    ws_url = _server_ws_url(server_url, stream.url)
+    ws_signature = str(RequestValidator(auth_token).compute_signature(stream.url, {}))
+    try:
+        ws = await connect(
+            ws_url,
+            additional_headers={SIGNATURE_HEADER: ws_signature},
+            user_agent_header="Twilio.TmeWs/1.0",
+            compression=None,
+            ping_interval=None,
+            max_size=None,
+            open_timeout=10,
+            close_timeout=5,
+        )
+    except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
+        raise CallSetupError(f"media stream upgrade to {ws_url} failed: {exc!r}") from exc
+    return MediaStreamCall(
+        ws=ws,
+        script=script,
+        call_sid=call_sid,
+        account_sid=account_sid,
+        custom_parameters=stream.parameters,
+        vad_silence_ms=vad_silence_ms,
+    )
+
+
+class MediaStreamCall:
     """One open media stream: a sender pump, a receiver pump and a mark echoer."""
 
     def __init__(
@@ -315,6 +334,14 @@ class _MediaStreamCall:
                 with suppress(asyncio.CancelledError, ConnectionClosed):
                     await task
         return self._result(twiml=twiml, hung_up_by=hung_up_by, conversation=conversation)
+
+    async def stop(self) -> None:
+        """End the stream from the phone side (a live-call update or a hang-up), as Twilio does."""
+        if self._hung_up_at is None and self._server_closed_at is None:
+            await self._hang_up()
+
+    async def close(self) -> None:
+        await self._ws.close()
 
     async def _hang_up(self) -> None:
         """Twilio ends a stream with a stop message, then closes the socket."""

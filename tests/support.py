@@ -12,10 +12,12 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -489,3 +491,36 @@ def twilio_call_route(mock: respx.MockRouter, sid: str) -> tuple[respx.Route, as
 
     route = mock.post(f"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json").mock(side_effect=reply)
     return route, called
+
+
+def lawful_instant() -> datetime:
+    """The next weekday 16:00 UTC (11:00 or 12:00 in New York): inside the calling window, after the contacts'
+    import (stamped with the wall clock), and within the progress report's 30 days."""
+    now = datetime.now(UTC)
+    day = now.replace(hour=16, minute=0, second=0, microsecond=0)
+    while day <= now or day.weekday() >= 5:
+        day += timedelta(days=1)
+    return day
+
+
+class DialerClock:
+    """The server's dialer clock: runs from a lawful instant at the wall clock's pace; a test moves it on."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start, self.t0, self.moved = start, time.monotonic(), timedelta()
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self.t0) + self.moved
+
+
+async def until(
+    check: Callable[[], Awaitable[Any]], what: str, timeout: float = 60.0, context: Callable[[], Any] = lambda: None
+) -> Any:
+    """Poll an API until ``check`` returns something truthy (the dialer and carrier run on their own)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {context()}"
+        await asyncio.sleep(0.2)

@@ -70,6 +70,24 @@ def when_html(value: datetime | str | None, *, zone: bool = True) -> Markup:
     return Markup('<time datetime="{}" title="{}">{}</time>').format(iso, utc, text)
 
 
+ANSWERED_BY = {
+    "human": "a person",
+    "machine_start": "a machine",
+    "machine_end_beep": "voicemail (after the beep)",
+    "machine_end_silence": "voicemail (after silence)",
+    "machine_end_other": "voicemail",
+    "fax": "a fax",
+    "unknown": "not told",
+}
+
+
+def answered_words(answered_by: str | None) -> str:
+    """Answering-machine detection's verdict in words (a dash before it came, or without detection)."""
+    if not answered_by:
+        return "\N{EN DASH}"
+    return ANSWERED_BY.get(answered_by, answered_by)
+
+
 def short_sid(sid: str) -> Markup:
     """A call id short enough for a phone's screen (its start and end), the whole one for screen readers."""
     if len(sid) <= 14:

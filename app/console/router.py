@@ -69,6 +69,7 @@ STATIC = {
     "talk-worklet.js": "text/javascript",
     "player.js": "text/javascript",
     "tz.js": "text/javascript",
+    "campaign.js": "text/javascript",
 }
 PAGE_SIZE = 50
 LIVE_AUDIT_EVERY_S = 60
@@ -106,6 +107,7 @@ _templates.globals.update(
     when=present.when_html,
     epoch_ms=present.epoch_ms_html,
     short_sid=present.short_sid,
+    answered_words=present.answered_words,
     event_text=present.event_text,
     highlight=present.highlight,
     speaker_label=present.speaker_label,
@@ -706,6 +708,32 @@ async def make_campaign(request: Request, db: SessionDep) -> Response:
     return RedirectResponse(f"/console/campaigns/{made.id}", status_code=303, headers=HEADERS)
 
 
+CONTACT_STATUSES = ("pending", "in_progress", "done", "held")
+SETTINGS_FIELDS = ("name", "instructions", "window_start", "window_end", "max_attempts", "retry_spacing_min",
+                   "daily_attempt_limit", "concurrency", "calls_per_second", "machine_action")  # fmt: skip
+
+
+def _contact_filters(request: Request) -> dict[str, str | None]:
+    status = request.query_params.get("status") or None
+    phone = (request.query_params.get("phone") or "").strip()[:40] or None
+    return {"status": status if status in CONTACT_STATUSES else None, "phone": phone}
+
+
+async def _campaign_live(request: Request, db: AsyncSession, campaign: Any) -> dict[str, Any]:
+    """What the campaign page shows and refreshes: progress, attempts, decisions, the contacts filtered."""
+    filters = _contact_filters(request)
+    return {
+        "campaign": campaign,
+        "progress": await dialer_api.campaign_progress(campaign.id, db),
+        "attempts": await dialer_api.list_attempts(campaign.id, db, limit=50, offset=0),
+        "decisions": await dialer_api.list_decisions(campaign.id, db, limit=50, offset=0),
+        "contacts": await dialer_api.list_contacts(campaign.id, db, limit=100, offset=0, **filters),  # type: ignore[arg-type]
+        "filters": filters,
+        "contact_statuses": CONTACT_STATUSES,
+        "query": "&".join(f"{k}={quote(v)}" for k, v in filters.items() if v),
+    }
+
+
 async def _campaign_page(
     request: Request, viewer: Viewer, db: AsyncSession, campaign_id: int, **extra: Any
 ) -> HTMLResponse:
@@ -713,13 +741,15 @@ async def _campaign_page(
         campaign = await dialer_api.get_campaign(campaign_id, db)
     except ProblemError as exc:
         return _problem_page(request, viewer, exc.status, exc.title, exc.detail or exc.title)
-    progress = await dialer_api.campaign_progress(campaign_id, db)
-    contacts = await dialer_api.list_contacts(campaign_id, db, limit=100, offset=0, phone=None, status=None)
     actions = [a for a, (allowed, _) in dialer_api.TRANSITIONS.items() if campaign.status in allowed]
-    for key in ("notice", "report", "import_error"):
+    for key in ("notice", "report", "import_error", "contact_notice"):
         extra.setdefault(key, None)
+    extra.setdefault("settings_errors", [])
+    extra.setdefault("edit", campaign.model_dump())
+    status = 422 if extra["settings_errors"] else 200
     return _render(request, "campaign.html", viewer=viewer, title=campaign.name, section="campaigns",
-                   campaign=campaign, progress=progress, contacts=contacts, actions=actions, **extra)  # fmt: skip
+                   actions=actions, status_code=status, **await _campaign_live(request, db, campaign),
+                   **extra)  # fmt: skip
 
 
 @router.get("/campaigns/{campaign_id}", response_class=HTMLResponse)
@@ -728,6 +758,79 @@ async def campaign_page(campaign_id: int, request: Request, db: SessionDep) -> R
     if not isinstance(viewer, Viewer):
         return viewer
     return await _campaign_page(request, viewer, db, campaign_id)
+
+
+@router.get("/campaigns/{campaign_id}/live", response_class=HTMLResponse)
+async def campaign_live(campaign_id: int, request: Request, db: SessionDep) -> Response:
+    """The part of the campaign page that changes as it dials (campaign.js fetches it every few seconds)."""
+    viewer = await _gated(request, db, _ops_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    try:
+        campaign = await dialer_api.get_campaign(campaign_id, db)
+    except ProblemError as exc:
+        return _problem_page(request, viewer, exc.status, exc.title, exc.detail or exc.title)
+    return _render(request, "campaign_live.html", viewer=viewer, contact_notice=None,
+                   **await _campaign_live(request, db, campaign))  # fmt: skip
+
+
+@router.post("/campaigns/{campaign_id}/settings", response_class=HTMLResponse)
+async def campaign_settings(campaign_id: int, request: Request, db: SessionDep) -> Response:
+    """The API's rules for a change (dialer.CampaignPatch), from a form: what they refuse is listed."""
+    viewer = await _gated(request, db, _ops_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    form_data = await request.form()
+    if not tokens_match(viewer.session.csrf, str(form_data.get("csrf_token", ""))):
+        return _csrf_refused(request, viewer)
+    form = {name: str(form_data.get(name, ""))[:20_000].strip() for name in SETTINGS_FIELDS}
+    values: dict[str, Any] = {k: v for k, v in form.items() if v}
+    if not form["window_start"] and not form["window_end"]:
+        values |= {"window_start": None, "window_end": None}  # both empty: back to the law's window
+    try:
+        patch = dialer_api.CampaignPatch.model_validate(values)
+        await dialer_api.update_campaign(campaign_id, patch, db)
+    except ValidationError as exc:
+        errors = [f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()]
+        return await _campaign_page(request, viewer, db, campaign_id, settings_errors=errors, edit=form)
+    except ProblemError as exc:
+        return await _campaign_page(request, viewer, db, campaign_id, settings_errors=[exc.detail or exc.title],
+                                    edit=form)  # fmt: skip
+    return await _campaign_page(request, viewer, db, campaign_id, notice="Settings saved.")
+
+
+@router.post("/campaigns/{campaign_id}/contacts/{contact_id}/{action}", response_class=HTMLResponse)
+async def contact_action(
+    campaign_id: int,
+    contact_id: int,
+    action: str,
+    request: Request,
+    db: SessionDep,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    reason: Annotated[str, Form(max_length=200)] = "",
+    state: Annotated[str, Form(max_length=40)] = "",
+) -> Response:
+    """Re-queue a done contact or release a held one, with a reason: audited under the signed-in key."""
+    viewer = await _gated(request, db, _ops_only, csrf_token)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    if action not in ("requeue", "release"):
+        return _problem_page(request, viewer, 404, "Not found", f"No action {action!r} for a contact.")
+    reason = reason.replace("\x00", "").strip()
+    if not reason:
+        return await _campaign_page(request, viewer, db, campaign_id, contact_notice="Give a reason: it is audited.")
+    try:
+        if action == "requeue":
+            done = await dialer_api.requeue(db, viewer.principal, campaign_id, contact_id, reason, via="console")
+        else:
+            done = await dialer_api.release(db, viewer.principal, campaign_id, contact_id, reason,
+                                            state.strip() or None, via="console")  # fmt: skip
+    except ProblemError as exc:
+        return await _campaign_page(request, viewer, db, campaign_id, contact_notice=exc.detail or exc.title)
+    await db.commit()
+    verb = "back in the queue" if action == "requeue" else "released into the queue"
+    return await _campaign_page(request, viewer, db, campaign_id,
+                                contact_notice=f"{done.phone} is {verb}; the dialer decides afresh before dialing.")  # fmt: skip
 
 
 @router.post("/campaigns/{campaign_id}/import", response_class=HTMLResponse)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api_fields import MAX_ID, MAX_OFFSET, Text
 from app.archive import review
 from app.archive.models import Call, TranscriptSegment
-from app.auth.keys import Role, require_role
+from app.auth.keys import Principal, Role, require_role
 from app.db import SessionDep
 from app.dialer import service
 from app.dialer.contacts_import import ImportReport, parse_contacts_csv, parse_contacts_json
@@ -507,18 +507,58 @@ async def _contact(session: SessionDep, campaign_id: int, contact_id: int) -> Co
 
 
 async def _requeue(
-    request: Request, session: SessionDep, contact: Contact, action: str, reason: str, **detail: Any
-) -> ContactOut:
+    session: AsyncSession, principal: Principal | None, contact: Contact, action: str, reason: str, *, via: str,
+    **detail: Any,
+) -> ContactOut:  # fmt: skip
     before = {"status": contact.status, "disposition": contact.disposition}
     contact.status, contact.disposition, contact.next_attempt_at = "pending", None, utcnow()
     await session.flush()
     # Who put the contact back in the queue, and why: in the audit log, next to reads and exports.
     await review.audit(
-        session, request.state.principal, action, target=f"contact:{contact.id}",
+        session, principal, action, target=f"contact:{contact.id}", via=via,
         detail={"campaign_id": contact.campaign_id, "phone": contact.phone, "reason": reason, "before": before,
                 **detail},
     )  # fmt: skip
     return ContactOut.model_validate(contact, from_attributes=True)
+
+
+async def requeue(
+    session: AsyncSession, principal: Principal | None, campaign_id: int, contact_id: int, reason: str, *,
+    via: str = "api",
+) -> ContactOut:  # fmt: skip
+    """A done contact back in the queue, audited under ``principal`` (the API's and the console's rule)."""
+    contact = await _contact(session, campaign_id, contact_id)
+    if contact.status != "done":
+        raise ProblemError(
+            409, "Not finished", f"Contact {contact_id} is {contact.status}; only a done one is re-queued."
+        )
+    return await _requeue(session, principal, contact, "requeue_contact", reason, via=via)
+
+
+async def release(
+    session: AsyncSession, principal: Principal | None, campaign_id: int, contact_id: int, reason: str,
+    state: str | None, *, via: str = "api",
+) -> ContactOut:  # fmt: skip
+    """A held contact let into the queue (with the callee's state when the number cannot tell it), audited."""
+    contact = await _contact(session, campaign_id, contact_id)
+    if contact.status != "held":
+        raise ProblemError(409, "Not held", f"Contact {contact_id} is {contact.status}; only a held one is released.")
+    location = service.location_from_dict(contact.location, contact.phone)
+    detail: dict[str, Any] = {}
+    if location.kind != "geographic":
+        state = (state or "").upper()
+        if state not in STATE_ZONES:
+            raise ProblemError(
+                422, "State needed",
+                f"Where {contact.phone} is cannot be told from the number ({location.kind}): give the callee's state.",
+            )  # fmt: skip
+        contact.location = service.location_to_dict(
+            Location(contact.phone, "geographic", zones=tuple(STATE_ZONES[state]), states=(state,),
+                     notes=(f"located in {state} by an operator: {reason}",))
+        )  # fmt: skip
+        contact.state = state
+        detail["state"] = state
+    return await _requeue(session, principal, contact, "release_contact", reason, via=via, **detail)
 
 
 @router.post("/campaigns/{campaign_id}/contacts/{contact_id}/requeue", response_model=ContactOut)
@@ -527,12 +567,7 @@ async def requeue_contact(
 ) -> ContactOut:
     """A finished contact goes back in the queue (after a consent was recorded, say). The dialer decides
     afresh, under every rule, before it is dialed."""
-    contact = await _contact(session, campaign_id, contact_id)
-    if contact.status != "done":
-        raise ProblemError(
-            409, "Not finished", f"Contact {contact_id} is {contact.status}; only a done one is re-queued."
-        )
-    return await _requeue(request, session, contact, "requeue_contact", body.reason)
+    return await requeue(session, request.state.principal, campaign_id, contact_id, body.reason)
 
 
 @router.post("/campaigns/{campaign_id}/contacts/{contact_id}/release", response_model=ContactOut)
@@ -541,25 +576,7 @@ async def release_contact(
 ) -> ContactOut:
     """A held contact is let into the queue. One held because its location is unknown needs the callee's
     state: its calling hours are then those of that state's time zones."""
-    contact = await _contact(session, campaign_id, contact_id)
-    if contact.status != "held":
-        raise ProblemError(409, "Not held", f"Contact {contact_id} is {contact.status}; only a held one is released.")
-    location = service.location_from_dict(contact.location, contact.phone)
-    detail: dict[str, Any] = {}
-    if location.kind != "geographic":
-        state = (body.state or "").upper()
-        if state not in STATE_ZONES:
-            raise ProblemError(
-                422, "State needed",
-                f"Where {contact.phone} is cannot be told from the number ({location.kind}): give the callee's state.",
-            )  # fmt: skip
-        contact.location = service.location_to_dict(
-            Location(contact.phone, "geographic", zones=tuple(STATE_ZONES[state]), states=(state,),
-                     notes=(f"located in {state} by an operator: {body.reason}",))
-        )  # fmt: skip
-        contact.state = state
-        detail["state"] = state
-    return await _requeue(request, session, contact, "release_contact", body.reason, **detail)
+    return await release(session, request.state.principal, campaign_id, contact_id, body.reason, body.state)
 
 
 class ReasonOut(BaseModel):

@@ -32,9 +32,9 @@ STARTED = datetime(2026, 3, 2, 15, 4, 5, tzinfo=UTC)
 
 
 def console_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"public_base_url": LOCAL_BASE}
+    values: dict[str, Any] = {"public_base_url": LOCAL_BASE, "realtime_url": UNUSED_REALTIME}
     values.update(overrides)
-    return make_settings(tmp_path, realtime_url=UNUSED_REALTIME, **values)
+    return make_settings(tmp_path, **values)
 
 
 def _latencies(at: datetime, *ms: int) -> list[CallEventRecord]:

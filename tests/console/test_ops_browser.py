@@ -1,6 +1,8 @@
 """The ops person's main path in headless Chromium: make a campaign (a refused field said by the form), import
 a spreadsheet's CSV (semicolons, Windows-1252) with a held and a rejected row and see why, start the campaign
-and watch its progress. Screenshots kept as test artifacts."""
+and watch it dial through the local carrier without reloading (the attempt answered by a person, the
+decision and its reason, the progress finished), then find the held contact and release it. Screenshots kept
+as test artifacts."""
 
 from __future__ import annotations
 
@@ -10,9 +12,14 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from app.auth.keys import Role
+from app.carrier.people import People
+from app.carrier.server import Carrier, CarrierConfig
+from app.emulator.config import EmulatorConfig
+from app.emulator.server import RealtimeEmulator
+from app.main import create_app
 from tests.console.support import console_settings
 from tests.console.test_console_browser import ARTIFACTS, CHROMIUM_ARGS, WAIT_MS
-from tests.support import key_for, serve
+from tests.support import ACCOUNT_SID, AUTH_TOKEN, DialerClock, key_for, lawful_instant, serve_asgi
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.browser]
 
@@ -29,11 +36,23 @@ SHEET = (
 async def test_ops_make_a_campaign_import_contacts_start_it_and_watch_progress(
     tmp_path: Path, chromium_path: str
 ) -> None:
-    settings = console_settings(tmp_path, dialer_in_process=False)  # nothing dials: the page is what is tested
-    ops = await key_for(settings.effective_database_url, Role.ops)
+    people = People.from_json({"+12125550123": {"kind": "person", "ring_s": 0.3, "lines": ["Yes, this is José."]}})
     sheet = tmp_path / "contacts.csv"
     sheet.write_bytes(SHEET)
-    async with serve(settings) as base, async_playwright() as playwright:
+    async with (
+        RealtimeEmulator(EmulatorConfig(tts="synthetic")) as emulator,
+        serve_asgi((carrier := Carrier(CarrierConfig(ACCOUNT_SID, AUTH_TOKEN, people, emulator=emulator.url))).app)
+        as carrier_base,
+    ):  # fmt: skip
+        settings = console_settings(tmp_path, realtime_url=emulator.url, twilio_api_base_url=carrier_base)
+        ops = await key_for(settings.effective_database_url, Role.ops)
+        async with serve_asgi(create_app(settings, clock=DialerClock(lawful_instant()))) as base:
+            carrier.config.server = base
+            await ops_path(base, ops, sheet, chromium_path)
+
+
+async def ops_path(base: str, ops: str, sheet: Path, chromium_path: str) -> None:
+    async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -72,5 +91,32 @@ async def test_ops_make_a_campaign_import_contacts_start_it_and_watch_progress(
             await expect(progress).to_contain_text("no answered calls yet")
             await expect(page.get_by_role("button", name="Pause")).to_be_visible()
             await page.screenshot(path=ARTIFACTS / "ops-02-running.png", full_page=True)
+
+            # The page follows the dialing by itself (no reload): the call placed, answered by a person, talked.
+            attempts = page.locator("#attempts")
+            await expect(attempts).to_contain_text("+12125550123", timeout=30_000)
+            await expect(attempts).to_contain_text("a person", timeout=30_000)
+            await expect(attempts).to_contain_text("answered", timeout=60_000)
+            decisions = page.locator("#decisions")
+            await expect(decisions).to_contain_text("allow")
+            await expect(decisions).to_contain_text("inside the calling window in America/New_York")
+            await expect(page.locator("#live-status")).to_contain_text("finished", timeout=30_000)
+            await expect(page.locator("#abandonment")).to_contain_text("0.0% (0 of 1 answered)")
+            await page.screenshot(path=ARTIFACTS / "ops-03-dialed.png", full_page=True)
+
+            # The held contact, found by its status, released once the callee's state is given.
+            await page.locator("#f-status").select_option("held")
+            await page.get_by_role("button", name="Filter").click()
+            contacts = page.locator("#contacts")
+            await expect(contacts).to_contain_text("+18005550123")
+            await expect(contacts).not_to_contain_text("+12125550123")
+            await contacts.get_by_label("Reason").fill("the customer lives in Buffalo")
+            await contacts.get_by_role("button", name="Release").click()
+            await expect(page.locator("#contact-notice")).to_contain_text("give the callee's state")
+            await page.locator("#contacts").get_by_label("Reason").fill("the customer lives in Buffalo")
+            await page.locator("#contacts").get_by_label("Callee's state").fill("NY")
+            await page.locator("#contacts").get_by_role("button", name="Release").click()
+            await expect(page.locator("#contact-notice")).to_contain_text("+18005550123 is released into the queue")
+            await page.screenshot(path=ARTIFACTS / "ops-04-released.png", full_page=True)
         finally:
             await browser.close()

@@ -5,10 +5,7 @@ real media stream (the person's words told to the emulator), with signed status 
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,18 @@ from app.carrier.server import Carrier, CarrierConfig
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.main import create_app
-from tests.support import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_BASE, archived, key_for, make_settings, serve_asgi
+from tests.support import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    PUBLIC_BASE,
+    DialerClock,
+    archived,
+    key_for,
+    lawful_instant,
+    make_settings,
+    serve_asgi,
+    until,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 
@@ -41,39 +49,6 @@ CSV = (
     f"{SAM};Sam Okafor;express;2026-05-01T10:00:00Z\n"
     f"{LEE};Lee Chen;express;2026-05-01T10:00:00Z\n"
 )
-
-
-def lawful_instant() -> datetime:
-    """The next weekday 16:00 UTC (11:00 or 12:00 in New York): inside the calling window, after the contacts'
-    import (stamped with the wall clock), and within the progress report's 30 days."""
-    now = datetime.now(UTC)
-    day = now.replace(hour=16, minute=0, second=0, microsecond=0)
-    while day <= now or day.weekday() >= 5:
-        day += timedelta(days=1)
-    return day
-
-
-class DialerClock:
-    """The server's dialer clock: runs from a lawful instant at the wall clock's pace; a test moves it on."""
-
-    def __init__(self, start: datetime) -> None:
-        self.start, self.t0, self.moved = start, time.monotonic(), timedelta()
-
-    def __call__(self) -> datetime:
-        return self.start + timedelta(seconds=time.monotonic() - self.t0) + self.moved
-
-
-async def until(
-    check: Callable[[], Awaitable[Any]], what: str, timeout: float = 60.0, context: Callable[[], Any] = lambda: None
-) -> Any:
-    """Poll an API until ``check`` returns something truthy (the dialer and carrier run on their own)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {context()}"
-        await asyncio.sleep(0.2)
 
 
 async def test_a_local_campaign_dials_is_answered_talks_leaves_voicemail_retries_and_finishes(

@@ -46,6 +46,7 @@ def serve(
         ws_max_size=2 * 1024 * 1024,
         ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through configure_logging's handler: the same format as ours
         access_log=False,
     )
     server = DrainingServer(config, app, settings.drain_deadline_s)
@@ -252,7 +253,8 @@ def emulator(
 ) -> None:
     """Run the local OpenAI Realtime (GA) emulator (and transcription sessions; with --stages-port, the
     cascaded engine's chat completions and speech too)."""
-    from app.emulator.server import EmulatorConfig, serve_forever
+    from app.emulator.config import local_config
+    from app.emulator.server import serve_forever
     from app.observability import configure_logging
 
     settings = Settings()
@@ -260,7 +262,7 @@ def emulator(
     typer.echo(f"Realtime emulator on ws://{host}:{port}/v1")
     if stages_port is not None:
         typer.echo(f"Chat and speech stages on http://{host}:{stages_port}/v1")
-    asyncio.run(serve_forever(host, port, EmulatorConfig(), stages_port))
+    asyncio.run(serve_forever(host, port, local_config(), stages_port))
 
 
 @cli.command()

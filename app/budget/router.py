@@ -8,9 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api_fields import MAX_OFFSET, SID_PATTERN
-from app.auth.keys import Role, require_role
+from app.archive import review
+from app.auth.keys import Principal, Role, require_role
 from app.budget.models import BudgetEnforcement
 from app.budget.service import Budget
 from app.db import SessionDep
@@ -159,22 +161,42 @@ async def _known_campaigns(session: SessionDep, ids: list[int]) -> None:
         )
 
 
-@router.put("/caps", response_model=CapsOut, dependencies=[Depends(require_role())])
-async def put_caps(body: CapsIn, request: Request, session: SessionDep) -> CapsOut:
-    """Admin only. Replaces every cap; applies at once on every node (the caps live in Redis)."""
-    budget = _budget(request)
+async def _store_caps(
+    budget: Budget, session: AsyncSession, principal: Principal | None, stored: dict[str, Any], via: str
+) -> CapsOut:
+    """Set the caps, and audit the change under ``principal`` with the caps before and after, in dollars."""
+    before = await _caps_out(budget)
+    await budget.ledger.set_caps(stored)
+    after = await _caps_out(budget)
+    keep = ("per_call_usd", "per_day_usd", "campaigns")
+    await review.audit(session, principal, "set_caps", target="budget", via=via,
+                       detail={"before": before.model_dump(include=set(keep)),
+                               "after": after.model_dump(include=set(keep))})  # fmt: skip
+    return after
+
+
+async def replace_caps(
+    budget: Budget, session: AsyncSession, principal: Principal | None, body: CapsIn, *, via: str = "api"
+) -> CapsOut:
+    """Every cap replaced (PUT's rule; the console's caps form), audited."""
     await _known_campaigns(session, list(body.campaigns))
-    stored: dict[str, object] = {"per_call": _micros(body.per_call_usd), "per_day": _micros(body.per_day_usd)}
+    stored: dict[str, Any] = {"per_call": _micros(body.per_call_usd), "per_day": _micros(body.per_day_usd)}
     stored["campaigns"] = {
         str(cid): _campaign_caps(v, {"per_call_usd", "per_day_usd"}) for cid, v in body.campaigns.items()
     }
-    await budget.ledger.set_caps(stored)
-    return await _caps_out(budget)
+    return await _store_caps(budget, session, principal, stored, via)
+
+
+@router.put("/caps", response_model=CapsOut, dependencies=[Depends(require_role())])
+async def put_caps(body: CapsIn, request: Request, session: SessionDep) -> CapsOut:
+    """Admin only. Replaces every cap; applies at once on every node (the caps live in Redis). Audited
+    (``set_caps``, with the caps before and after)."""
+    return await replace_caps(_budget(request), session, request.state.principal, body)
 
 
 @router.patch("/caps", response_model=CapsOut, dependencies=[Depends(require_role())])
 async def patch_caps(body: CapsPatch, request: Request, session: SessionDep) -> CapsOut:
-    """Admin only. Changes only the caps named; the others stay as they are."""
+    """Admin only. Changes only the caps named; the others stay as they are. Audited as PUT is."""
     budget = _budget(request)
     await _known_campaigns(session, [cid for cid, v in body.campaigns.items() if v is not None])
     stored = await budget.ledger.caps()
@@ -190,8 +212,7 @@ async def patch_caps(body: CapsPatch, request: Request, session: SessionDep) -> 
         else:
             campaigns[str(cid)] = {**campaigns.get(str(cid), {}), **_campaign_caps(caps, caps.model_fields_set)}
     stored["campaigns"] = campaigns
-    await budget.ledger.set_caps(stored)
-    return await _caps_out(budget)
+    return await _store_caps(budget, session, request.state.principal, stored, "api")
 
 
 class EnforcementOut(BaseModel):

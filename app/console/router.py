@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -952,24 +953,92 @@ async def revoke_key_form(
     return await _keys_page(request, viewer, db, notice=f"Revoked {row.name} ({key_id}): it can no longer sign in.")
 
 
+async def _budget_page(request: Request, viewer: Viewer, db: AsyncSession, **extra: Any) -> HTMLResponse:
+    overview = await budget_api.overview(request)
+    campaigns = [
+        (cid, name) for cid, name in await db.execute(select(Campaign.id, Campaign.name).order_by(Campaign.id))
+    ]
+    extra.setdefault("errors", [])
+    extra.setdefault("notice", None)
+    if "form" not in extra:  # the caps in force, as the form shows them
+        caps = overview.caps
+        form = {"per_day_usd": _amount(caps.per_day_usd), "per_call_usd": _amount(caps.per_call_usd)}
+        for cid, _ in campaigns:
+            own = caps.campaigns.get(str(cid), {})
+            form[f"c{cid}_per_day_usd"] = _amount(own.get("per_day_usd"))
+            form[f"c{cid}_per_call_usd"] = _amount(own.get("per_call_usd"))
+        extra["form"] = form
+    return _render(request, "budget.html", viewer=viewer, title="Budget", section="budget", caps=overview.caps,
+                   spend=overview.spend, campaigns=campaigns, status_code=422 if extra["errors"] else 200,
+                   **extra)  # fmt: skip
+
+
+def _amount(usd: float | None) -> str:
+    return "" if usd is None else f"{usd:.2f}"
+
+
+def _dollars(raw: str, label: str, errors: list[str]) -> float | None:
+    """A cap typed in a box: empty is no cap; "$1,000.50" is 1000.5; anything else is listed as an error."""
+    text = raw.strip().removeprefix("$").replace(",", "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        errors.append(f"{label}: {raw.strip()!r} is not an amount in dollars")
+        return None
+    if not math.isfinite(value) or not 0 <= value <= budget_api.MAX_CAP_USD:
+        errors.append(f"{label}: an amount from $0 to ${budget_api.MAX_CAP_USD:,.0f}")
+        return None
+    return value
+
+
 @router.get("/budget", response_class=HTMLResponse)
 async def budget_page(request: Request, db: SessionDep) -> Response:
     """Caps and today's spend, with what calls in progress hold for their closing lines (admins)."""
     viewer = await _gated(request, db, _admin_only)
     if not isinstance(viewer, Viewer):
         return viewer
-    overview = await budget_api.overview(request)
-    campaigns = [
-        (cid, name) for cid, name in await db.execute(select(Campaign.id, Campaign.name).order_by(Campaign.id))
-    ]
-    return _render(request, "budget.html", viewer=viewer, title="Budget", section="budget", caps=overview.caps,
-                   spend=overview.spend, campaigns=campaigns)  # fmt: skip
+    return await _budget_page(request, viewer, db)
+
+
+@router.post("/budget/caps", response_class=HTMLResponse)
+async def budget_caps(request: Request, db: SessionDep) -> Response:
+    """Every cap from the form, under PUT /api/v1/budget/caps's rules (an empty box: no cap); audited."""
+    viewer = await _gated(request, db, _admin_only)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    form_data = await request.form()
+    if not tokens_match(viewer.session.csrf, str(form_data.get("csrf_token", ""))):
+        return _csrf_refused(request, viewer)
+    ids = list(await db.scalars(select(Campaign.id).order_by(Campaign.id)))
+    names = ["per_day_usd", "per_call_usd"] + [f"c{cid}_{k}" for cid in ids for k in ("per_day_usd", "per_call_usd")]
+    form = {name: str(form_data.get(name, ""))[:40] for name in names}
+    errors: list[str] = []
+    labels = {"per_day_usd": "Daily cap", "per_call_usd": "Per-call cap"}
+    body: dict[str, Any] = {k: _dollars(form[k], labels[k], errors) for k in labels}
+    body["campaigns"] = {}
+    for cid in ids:
+        own = {k: _dollars(form[f"c{cid}_{k}"], f"Campaign {cid}, {labels[k].lower()}", errors) for k in labels}
+        if any(v is not None for v in own.values()):
+            body["campaigns"][cid] = own
+    if errors:
+        return await _budget_page(request, viewer, db, errors=errors, form=form)
+    try:
+        await budget_api.replace_caps(_runtime(request).budget, db, viewer.principal,
+                                      budget_api.CapsIn.model_validate(body), via=VIA)  # fmt: skip
+    except ValidationError as exc:
+        listed = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return await _budget_page(request, viewer, db, errors=listed, form=form)
+    except ProblemError as exc:
+        return await _budget_page(request, viewer, db, errors=[exc.detail or exc.title], form=form)
+    return await _budget_page(request, viewer, db, notice="Caps saved: every node applies them at once.")
 
 
 AUDIT_ACTIONS = (
     "login", "read_call", "export_call", "export_search", "search", "read_live", "play_recording",
     "download_recording", "delete_recording", "recording_retention", "retention_purge", "create_key", "revoke_key",
-    "redeliver_webhook",
+    "redeliver_webhook", "set_caps", "requeue_contact", "release_contact",
 )  # fmt: skip
 
 

@@ -112,3 +112,21 @@ class EmulatorConfig:
     """Cascaded engine, speech: from the request to the first audio bytes."""
     speech_speed: float = 0.0
     """Cascaded engine, speech: stream the audio at this multiple of real time (0: as fast as the socket takes)."""
+
+
+# What `switchboard emulator` (scripts/dev's) does with a caller's words: asking not to be called calls opt_out,
+# asking for a person calls transfer_to_human, so both can be shown locally (the simulator's --say, the local
+# carrier's people). Tests script their own.
+LOCAL_FUNCTION_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "stop calling": ("opt_out", {}),
+    "do not call": ("opt_out", {}),
+    "don't call": ("opt_out", {}),
+    "remove me": ("opt_out", {}),
+    "speak to a person": ("transfer_to_human", {"reason": "the caller asked for a person"}),
+    "talk to a person": ("transfer_to_human", {"reason": "the caller asked for a person"}),
+    "representative": ("transfer_to_human", {"reason": "the caller asked for a person"}),
+}
+
+
+def local_config() -> EmulatorConfig:
+    return EmulatorConfig(function_calls=dict(LOCAL_FUNCTION_CALLS))

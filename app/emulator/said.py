@@ -5,8 +5,10 @@ of the local carrier (``switchboard carrier``) knows its words: before speaking,
 of the audio they were rendered to, over a WebSocket to ``ws://<emulator>/v1/emulator/said`` (one JSON object
 a message: ``{"text": "...", "seconds": 2.73}``). When a caller turn is committed, the session takes the
 words whose length is nearest the turn's (within ``TOLERANCE_S``: the turn also holds the VAD's padding and
-the silence that ended it), told in the last ``FRESH_S``; unclaimed words expire. Several calls at once are
-told apart by their lengths and times; words of the same length said at the same moment may swap (local use).
+the silence that ended it), told in the last ``FRESH_S``, and whose turn should have ended nearest now (told
+as the speech began: it ends about its length, and the VAD's silence, later); unclaimed words expire. Several
+calls at once are told apart by their lengths and times; words of the same length said at the same moment may
+swap (local use).
 """
 
 from __future__ import annotations
@@ -38,6 +40,6 @@ class SaidWords:
         fits = [s for s in self.pending if -0.3 <= heard_s - s.seconds <= TOLERANCE_S]
         if not fits:
             return None
-        best = min(fits, key=lambda s: (abs(heard_s - s.seconds - 0.4), s.at))
+        best = min(fits, key=lambda s: (abs(heard_s - s.seconds - 0.4) + abs(now - s.at - s.seconds - 0.6), s.at))
         self.pending.remove(best)
         return best.text

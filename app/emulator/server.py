@@ -179,7 +179,7 @@ async def serve_forever(host: str, port: int, config: EmulatorConfig, stages_por
     serving: asyncio.Task[None] | None = None
     if stages_port is not None:
         app = CascadeStages(config, SpeechSynth(mode=config.tts)).app
-        stages = uvicorn.Server(uvicorn.Config(app, host=host, port=stages_port, log_level="warning"))
+        stages = uvicorn.Server(uvicorn.Config(app, host=host, port=stages_port, log_level="warning", log_config=None))
         serving = asyncio.create_task(stages.serve())
         log.info("emulator_stages_listening", url=f"http://{host}:{stages_port}/v1")
     try:

@@ -16,7 +16,7 @@ from twilio.request_validator import RequestValidator
 from app.auth.keys import Role
 from app.carrier.people import People
 from app.carrier.server import Carrier, CarrierConfig
-from app.emulator.config import EmulatorConfig
+from app.emulator.config import LOCAL_FUNCTION_CALLS, EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.main import create_app
 from tests.support import (
@@ -34,7 +34,8 @@ from tests.support import (
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 
-DANA, SAM, LEE = "+12125550101", "+12125550102", "+12125550103"
+DANA, SAM, LEE, MAX, PAT = "+12125550101", "+12125550102", "+12125550103", "+12125550105", "+12125550106"
+DESK = "+12125550199"  # TRANSFER_NUMBER: where a person asking for a person is put through
 # Lines of distinct lengths: the emulator tells apart the words of concurrent calls by their length.
 DANA_SAYS = ["Hi, yes, this is Dana speaking.", "Thursday morning works for me, thank you very much."]
 LEE_SAYS = ["Sorry, I was on the other line."]
@@ -42,12 +43,16 @@ PEOPLE = {
     DANA: {"kind": "person", "name": "Dana", "ring_s": 0.5, "lines": DANA_SAYS},
     SAM: {"kind": "voicemail", "name": "Sam", "ring_s": 0.5, "greeting": "This is Sam. Leave a message."},
     LEE: ["busy", {"kind": "person", "name": "Lee", "ring_s": 0.5, "lines": LEE_SAYS}],
+    MAX: {"kind": "person", "name": "Max", "ring_s": 1.5, "lines": ["Stop calling me."]},
+    PAT: {"kind": "person", "name": "Pat", "ring_s": 2.5, "lines": ["May I talk to a person about my bill, please?"]},
 }
 CSV = (
     "phone;name;consent;consent_at\n"
     f"{DANA};Dana Reyes;express;2026-05-01T10:00:00Z\n"
     f"{SAM};Sam Okafor;express;2026-05-01T10:00:00Z\n"
     f"{LEE};Lee Chen;express;2026-05-01T10:00:00Z\n"
+    f"{MAX};Max Berg;express;2026-05-01T10:00:00Z\n"
+    f"{PAT};Pat Kim;express;2026-05-01T10:00:00Z\n"
 )
 
 
@@ -55,11 +60,13 @@ async def test_a_local_campaign_dials_is_answered_talks_leaves_voicemail_retries
     tmp_path: Path,
 ) -> None:
     clock = DialerClock(lawful_instant())
-    async with RealtimeEmulator(EmulatorConfig(tts="synthetic")) as emulator:
+    # The emulator as scripts/dev runs it: asking not to be called calls opt_out, asking for a person transfers.
+    async with RealtimeEmulator(EmulatorConfig(tts="synthetic", function_calls=dict(LOCAL_FUNCTION_CALLS))) as emulator:
         carrier = Carrier(CarrierConfig(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, people=People.from_json(PEOPLE),
                                         emulator=emulator.url, say_chars_per_s=200))  # fmt: skip
         async with serve_asgi(carrier.app) as carrier_base:
-            settings = make_settings(tmp_path, realtime_url=emulator.url, twilio_api_base_url=carrier_base)
+            settings = make_settings(tmp_path, realtime_url=emulator.url, twilio_api_base_url=carrier_base,
+                                     transfer_number=DESK)  # fmt: skip
             key = await key_for(settings.effective_database_url, Role.admin)
             async with serve_asgi(create_app(settings, clock=clock)) as base:
                 carrier.config.server = base  # the server's public URLs name PUBLIC_BASE; it listens here
@@ -75,7 +82,7 @@ async def test_a_local_campaign_dials_is_answered_talks_leaves_voicemail_retries
                     sheet = ("contacts.csv", CSV.encode("cp1252"), "text/csv")
                     imported = await api.post(f"/campaigns/{cid}/contacts/csv", files={"file": sheet})
                     assert imported.status_code == 200, imported.text
-                    assert imported.json()["created"] == 3, imported.json()
+                    assert imported.json()["created"] == 5, imported.json()
                     assert (await api.post(f"/campaigns/{cid}/start")).status_code == 200
 
                     async def attempts() -> list[dict[str, Any]]:
@@ -88,13 +95,13 @@ async def test_a_local_campaign_dials_is_answered_talks_leaves_voicemail_retries
                     async def first_round_over() -> list[dict[str, Any]] | None:
                         items = await attempts()
                         ended = [a for a in items if a["ended_at"] is not None]
-                        return items if len(ended) == 3 else None
+                        return items if len(ended) == 5 else None
 
                     first = await until(first_round_over, "every first attempt to end", 90, carrier.describe_all)
-                    (dana,), (sam,), (lee,) = by(first, DANA), by(first, SAM), by(first, LEE)
+                    (dana,), (sam,), (lee,), (max_,), (pat,) = (by(first, n) for n in (DANA, SAM, LEE, MAX, PAT))
                     contacts = {c["phone"]: c for c in (await api.get(f"/campaigns/{cid}/contacts")).json()["items"]}
                     # Nobody is called again before the retry spacing has passed on the dialer's clock.
-                    assert len(await attempts()) == 3
+                    assert len(await attempts()) == 5
                     assert contacts[LEE]["status"] == "pending" and contacts[SAM]["status"] == "pending"
                     assert contacts[DANA]["status"] == "done"
                     clock.moved = timedelta(seconds=61)
@@ -107,6 +114,7 @@ async def test_a_local_campaign_dials_is_answered_talks_leaves_voicemail_retries
                     everything = await attempts()
                     decisions = (await api.get(f"/campaigns/{cid}/decisions", params={"limit": 100})).json()["items"]
                     progress = (await api.get(f"/campaigns/{cid}/progress")).json()
+                    dnc = (await api.get(f"/dnc/{MAX}")).json()
                 dana_call = await archived(base, settings, dana["call_sid"])
                 lee_second = by(everything, LEE)[1]
                 lee_call = await archived(base, settings, lee_second["call_sid"])
@@ -135,7 +143,13 @@ async def test_a_local_campaign_dials_is_answered_talks_leaves_voicemail_retries
     assert [line["text"] for line in lee_call["transcript"] if line["speaker"] == "caller"] == LEE_SAYS
     # Every attempt was decided first, and the campaign is finished.
     assert {d["attempt_id"] for d in decisions if d["outcome"] == "allow"} >= {a["id"] for a in everything}
-    assert len(everything) == 5 and progress["finished"] is True, progress
+    assert len(everything) == 7 and progress["finished"] is True, progress
+    # Saying "stop calling me" is an opt-out by voice: the number is on the internal do-not-call list.
+    assert max_["disposition"] == "answered" and dnc["internal"] is True, dnc
+    # Asking for a person: the server puts the live call through to the desk, and the carrier dials it.
+    pat_log = calls[pat["call_sid"]]["log"]
+    (dialed,) = [e for e in pat_log if e["event"] == "dial"]
+    assert dialed["numbers"] == [DESK] and "updated" in [e["event"] for e in pat_log], pat_log
 
 
 async def test_the_carrier_signs_its_requests_and_answers_the_official_client_as_twilio_does(

@@ -76,3 +76,13 @@ def test_a_turn_takes_the_words_nearest_its_length_told_lately() -> None:
     assert said.take(0.9, now=101.0) is None  # nothing that short is left
     assert said.take(3.5, now=104.0) == "a long sentence the caller says"
     assert said.pending == []
+
+
+def test_two_calls_saying_words_of_one_length_at_different_times_each_get_their_own() -> None:
+    """Concurrent calls: the turn that ends now takes the words whose speech should have ended now."""
+    said = SaidWords()
+    said.tell("first caller's words", 2.1, now=100.0)  # their turn ends about 102.7
+    said.tell("other caller's word", 2.0, now=101.5)  # theirs about 104.1
+    # The first turn's length is nearer the other's words, but only the first caller's could be over by now
+    assert said.take(2.4, now=102.7) == "first caller's words"
+    assert said.take(2.4, now=104.1) == "other caller's word"

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 import typer
 
 from app.settings import Settings
@@ -259,9 +260,6 @@ def emulator(
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)  # its log lines as the server's: JSON by default
-    typer.echo(f"Realtime emulator on ws://{host}:{port}/v1")
-    if stages_port is not None:
-        typer.echo(f"Chat and speech stages on http://{host}:{stages_port}/v1")
     asyncio.run(serve_forever(host, port, local_config(), stages_port))
 
 
@@ -300,7 +298,8 @@ def carrier(
         account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token.get_secret_value(),
         people=table, server=server, emulator=emulator or None,
     )  # fmt: skip
-    typer.echo(f"Local carrier (Twilio's Calls API) on http://{host}:{port}; call logs at /carrier/calls")
+    structlog.get_logger().info("carrier.starting", url=f"http://{host}:{port}", calls=f"http://{host}:{port}/carrier/calls",
+                                people=str(people))  # fmt: skip
     uvicorn.run(Carrier(config).app, host=host, port=port, log_config=None, access_log=False)
 
 

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -534,22 +534,18 @@ class Carrier:
 
     async def _post(self, live: _Live, url: str, params: dict[str, str], *, what: str,
                     method: str = "POST") -> httpx.Response | None:  # fmt: skip
-        if method == "GET":
-            signed_url = url + ("&" if "?" in url else "?") + "&".join(f"{k}={v}" for k, v in params.items())
-            signature = self._validator.compute_signature(signed_url, {})
+        """A signed request to the server (a callback or a TwiML fetch); None, noted on the call, if it failed."""
+        if method == "GET":  # the parameters go in the query string, and the signature covers the whole URL
+            url = url + ("&" if "?" in url else "?") + urlencode(params)
+            signature = self._validator.compute_signature(url, {})
         else:
             signature = self._validator.compute_signature(url, params)
         headers = {"X-Twilio-Signature": str(signature), "User-Agent": "TwilioProxy/1.1"}
         try:
-            client = self._http or httpx.AsyncClient(timeout=15.0)
-            try:
-                if method == "GET":
-                    response = await client.get(self._map(url), params=params, headers=headers)
-                else:
-                    response = await client.post(self._map(url), data=params, headers=headers)
-            finally:
-                if self._http is None:
-                    await client.aclose()
+            if method == "GET":
+                response = await self._http.get(self._map(url), headers=headers)
+            else:
+                response = await self._http.post(self._map(url), data=params, headers=headers)
         except httpx.HTTPError as exc:
             live.note("request_failed", what=what, url=url, error=repr(exc))
             return None

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
 from starlette.requests import HTTPConnection
 
 from app.archive import recordings, review
@@ -660,6 +661,19 @@ async def _gated(
     return viewer
 
 
+async def _gated_form(
+    request: Request, db: AsyncSession, gate: Callable[[Request, Viewer], HTMLResponse | None]
+) -> tuple[Viewer, FormData] | Response:
+    """The signed-in viewer the gate lets through, and their posted form once its CSRF token matched."""
+    viewer = await _gated(request, db, gate)
+    if not isinstance(viewer, Viewer):
+        return viewer
+    form_data = await request.form()
+    if not tokens_match(viewer.session.csrf, str(form_data.get("csrf_token", ""))):
+        return _csrf_refused(request, viewer)
+    return viewer, form_data
+
+
 # -- ops: campaigns ---------------------------------------------------------------------------------
 
 CAMPAIGN_FIELDS = ("name", "purpose", "subject", "caller_id", "instructions", "window_start", "window_end")
@@ -691,12 +705,10 @@ async def campaigns_page(request: Request, db: SessionDep) -> Response:
 @router.post("/campaigns", response_class=HTMLResponse)
 async def make_campaign(request: Request, db: SessionDep) -> Response:
     """The API's rules (dialer.CampaignIn), from a form: what they refuse is listed by the form."""
-    viewer = await _gated(request, db, _ops_only)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    form_data = await request.form()
-    if not tokens_match(viewer.session.csrf, str(form_data.get("csrf_token", ""))):
-        return _csrf_refused(request, viewer)
+    gated = await _gated_form(request, db, _ops_only)
+    if not isinstance(gated, tuple):
+        return gated
+    viewer, form_data = gated
     form = {name: str(form_data.get(name, ""))[:20_000].strip() for name in CAMPAIGN_FIELDS}
     values = {k: v for k, v in form.items() if v or k in ("name", "subject", "caller_id")}
     try:
@@ -778,12 +790,10 @@ async def campaign_live(campaign_id: int, request: Request, db: SessionDep) -> R
 @router.post("/campaigns/{campaign_id}/settings", response_class=HTMLResponse)
 async def campaign_settings(campaign_id: int, request: Request, db: SessionDep) -> Response:
     """The API's rules for a change (dialer.CampaignPatch), from a form: what they refuse is listed."""
-    viewer = await _gated(request, db, _ops_only)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    form_data = await request.form()
-    if not tokens_match(viewer.session.csrf, str(form_data.get("csrf_token", ""))):
-        return _csrf_refused(request, viewer)
+    gated = await _gated_form(request, db, _ops_only)
+    if not isinstance(gated, tuple):
+        return gated
+    viewer, form_data = gated
     form = {name: str(form_data.get(name, ""))[:20_000].strip() for name in SETTINGS_FIELDS}
     values: dict[str, Any] = {k: v for k, v in form.items() if v}
     if not form["window_start"] and not form["window_end"]:
@@ -1005,12 +1015,10 @@ async def budget_page(request: Request, db: SessionDep) -> Response:
 @router.post("/budget/caps", response_class=HTMLResponse)
 async def budget_caps(request: Request, db: SessionDep) -> Response:
     """Every cap from the form, under PUT /api/v1/budget/caps's rules (an empty box: no cap); audited."""
-    viewer = await _gated(request, db, _admin_only)
-    if not isinstance(viewer, Viewer):
-        return viewer
-    form_data = await request.form()
-    if not tokens_match(viewer.session.csrf, str(form_data.get("csrf_token", ""))):
-        return _csrf_refused(request, viewer)
+    gated = await _gated_form(request, db, _admin_only)
+    if not isinstance(gated, tuple):
+        return gated
+    viewer, form_data = gated
     ids = list(await db.scalars(select(Campaign.id).order_by(Campaign.id)))
     names = ["per_day_usd", "per_call_usd"] + [f"c{cid}_{k}" for cid in ids for k in ("per_day_usd", "per_call_usd")]
     form = {name: str(form_data.get(name, ""))[:40] for name in names}

@@ -177,6 +177,8 @@ async def test_the_carrier_signs_its_requests_and_answers_the_official_client_as
         seen.append((scope["path"] + ("?" + scope["query_string"].decode() if scope["query_string"] else ""), form,
                      headers.get("x-twilio-signature", "")))  # fmt: skip
         twiml = b"<Response><Pause length='30'/></Response>"
+        if scope["path"] == "/twilio/outbound":  # first a redirect by GET: its query string is signed too
+            twiml = f"<Response><Redirect method='GET'>{PUBLIC_BASE}/twilio/next?step=2</Redirect></Response>".encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/xml")]})
         await send({"type": "http.response.body", "body": twiml})
 
@@ -228,5 +230,7 @@ async def test_the_carrier_signs_its_requests_and_answers_the_official_client_as
     assert [int(f["SequenceNumber"]) for path, f, _ in seen if path.startswith("/twilio/status")] == [0, 1, 2, 3]
     for path, form, signature in seen:
         assert validator.validate(PUBLIC_BASE + path, form, signature), path
+    (redirected,) = [path for path, _, _ in seen if path.startswith("/twilio/next")]
+    assert "step=2" in redirected and f"CallSid={call.sid}" in redirected and "To=%2B12125550123" in redirected
     (fetch,) = [form for path, form, _ in seen if path.startswith("/twilio/outbound")]
     assert fetch["CallSid"] == call.sid and fetch["Direction"] == "outbound-api" and fetch["To"] == "+12125550123"

@@ -69,18 +69,22 @@ _sb_create_venv() {
 }
 
 _sb_ensure_venv_locked() {
+    local flavour="$1" extras=""
+    [ "$flavour" = dev ] && extras="[dev]"
     if [ ! -x "$SB_VENV/bin/python" ] || ! "$SB_VENV/bin/python" -c 'import sys' 2>/dev/null; then
         rm -rf "$SB_VENV"
         _sb_create_venv
     fi
-    local want have=""
+    # The stamp holds pyproject.toml's hash and what was installed: "dev" (the
+    # server and the test tools) covers "runtime" (the server alone).
+    local want have="" have_flavour=""
     want="$(sb_sha256 "$SB_ROOT/pyproject.toml")"
-    [ -f "$SB_STAMP" ] && have="$(cat "$SB_STAMP")"
-    if [ "$want" = "$have" ]; then
+    [ -f "$SB_STAMP" ] && read -r have have_flavour <"$SB_STAMP"
+    if [ "$want" = "$have" ] && { [ "$have_flavour" = dev ] || [ "$have_flavour" = "$flavour" ]; }; then
         sb_say "installing: .venv up to date (pyproject.toml unchanged)"
         return 0
     fi
-    sb_say "installing: pip install -e '.[dev]'"
+    sb_say "installing: pip install -e '.$extras'"
     rm -f "$SB_STAMP"
     local log="$SB_VENV/.switchboard-pip.log"
     # Output goes to a log (setuptools' editable-install banner is noise);
@@ -88,21 +92,23 @@ _sb_ensure_venv_locked() {
     if ! (
         cd "$SB_ROOT"
         PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
-            "$SB_VENV/bin/python" -m pip install -q -e '.[dev]'
+            "$SB_VENV/bin/python" -m pip install -q -e ".$extras"
     ) >"$log" 2>&1 </dev/null; then
         cat "$log" >&2
-        sb_die "pip install -e '.[dev]' failed"
+        sb_die "pip install -e '.$extras' failed"
     fi
-    printf '%s\n' "$want" >"$SB_STAMP"
+    printf '%s %s\n' "$want" "$flavour" >"$SB_STAMP"
 }
 
-# Create .venv if missing and (re)install the project with its dev extras
-# unless the stamp says pyproject.toml has not changed. Puts .venv/bin first
-# on PATH. Safe to call from concurrent runs (serialised by a lock).
+# Create .venv if missing and (re)install the project unless the stamp says
+# pyproject.toml has not changed: `sb_ensure_venv runtime` installs what the
+# server needs (scripts/dev), `sb_ensure_venv` (dev) the test tools too.
+# Puts .venv/bin first on PATH. Safe to call from concurrent runs (serialised
+# by a lock).
 sb_ensure_venv() {
-    local key
+    local key flavour="${1:-dev}"
     key="venv-$(printf '%s' "$SB_ROOT" | sha256sum | cut -c1-12)"
-    sb_with_lock "$key" _sb_ensure_venv_locked
+    sb_with_lock "$key" _sb_ensure_venv_locked "$flavour"
     export VIRTUAL_ENV="$SB_VENV"
     export PATH="$SB_VENV/bin:$PATH"
 }

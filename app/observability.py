@@ -42,10 +42,12 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):  # no handlers of their own: the root's
+    # No handlers or level of their own (a uvicorn or alembic logging config may have set both): the root's
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
-        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+        logger.propagate, logger.disabled = True, False
     logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))  # its setup chatter
 
 

@@ -15,15 +15,22 @@ from app.observability import configure_logging
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
+    root, uvicorn = logging.getLogger(), logging.getLogger("uvicorn.error")
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in (root, uvicorn)]
+    config = structlog.get_config()
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    for logger, handlers, level, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
     structlog.configure(**config)
 
 
 def test_uvicorn_alembic_and_our_own_lines_are_all_json(capsys: pytest.CaptureFixture[str]) -> None:
+    # As uvicorn's default logging config leaves them (another server in this process may have applied it)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").addHandler(logging.StreamHandler())
+    logging.getLogger("uvicorn.error").propagate = False
     configure_logging("INFO", json=True)
     logging.getLogger("uvicorn.error").info("Application startup complete.")
     logging.getLogger("alembic.runtime.migration").info("Running upgrade  -> 0001, first")

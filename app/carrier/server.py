@@ -448,6 +448,8 @@ class Carrier:
 
     async def _beep(self, live: _Live, at: float) -> None:
         await asyncio.sleep(max(0.0, at - live.loop.time()))
+        # Told too: a beep alone is a turn of its own to the server's VAD, which must not take someone's words
+        self._tell("(beep)", BEEP_S)
         live.note("beep")
         request = live.record.request
         if request.machine_detection == "DetectMessageEnd" and request.async_amd:

@@ -36,15 +36,21 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 
 DANA, SAM, LEE, MAX, PAT = "+12125550101", "+12125550102", "+12125550103", "+12125550105", "+12125550106"
 DESK = "+12125550199"  # TRANSFER_NUMBER: where a person asking for a person is put through
-# Lines of distinct lengths: the emulator tells apart the words of concurrent calls by their length.
+# Lines of distinct lengths, said at different moments: the emulator tells apart the words of concurrent calls
+# by their length and timing (app.emulator.said).
 DANA_SAYS = ["Hi, yes, this is Dana speaking.", "Thursday morning works for me, thank you very much."]
 LEE_SAYS = ["Sorry, I was on the other line."]
 PEOPLE = {
     DANA: {"kind": "person", "name": "Dana", "ring_s": 0.5, "lines": DANA_SAYS},
-    SAM: {"kind": "voicemail", "name": "Sam", "ring_s": 0.5, "greeting": "This is Sam. Leave a message."},
+    SAM: {
+        "kind": "voicemail",
+        "name": "Sam",
+        "ring_s": 0.5,
+        "greeting": "Hi, this is Sam. I cannot take your call right now, please leave a message after the tone.",
+    },
     LEE: ["busy", {"kind": "person", "name": "Lee", "ring_s": 0.5, "lines": LEE_SAYS}],
-    MAX: {"kind": "person", "name": "Max", "ring_s": 1.5, "lines": ["Stop calling me."]},
-    PAT: {"kind": "person", "name": "Pat", "ring_s": 2.5, "lines": ["May I talk to a person about my bill, please?"]},
+    MAX: {"kind": "person", "name": "Max", "ring_s": 1.5, "lines": ["Please stop calling me, I am not interested."]},
+    PAT: {"kind": "person", "name": "Pat", "ring_s": 2.5, "lines": ["Representative, please."]},
 }
 CSV = (
     "phone;name;consent;consent_at\n"
@@ -115,6 +121,7 @@ async def test_a_local_campaign_dials_is_answered_talks_leaves_voicemail_retries
                     decisions = (await api.get(f"/campaigns/{cid}/decisions", params={"limit": 100})).json()["items"]
                     progress = (await api.get(f"/campaigns/{cid}/progress")).json()
                     dnc = (await api.get(f"/dnc/{MAX}")).json()
+                    others = [(await api.get(f"/dnc/{n}")).json()["internal"] for n in (DANA, SAM, LEE, PAT)]
                 dana_call = await archived(base, settings, dana["call_sid"])
                 lee_second = by(everything, LEE)[1]
                 lee_call = await archived(base, settings, lee_second["call_sid"])
@@ -146,6 +153,7 @@ async def test_a_local_campaign_dials_is_answered_talks_leaves_voicemail_retries
     assert len(everything) == 7 and progress["finished"] is True, progress
     # Saying "stop calling me" is an opt-out by voice: the number is on the internal do-not-call list.
     assert max_["disposition"] == "answered" and dnc["internal"] is True, dnc
+    assert others == [False, False, False, False]  # nobody else's words were taken for Max's
     # Asking for a person: the server puts the live call through to the desk, and the carrier dials it.
     pat_log = calls[pat["call_sid"]]["log"]
     (dialed,) = [e for e in pat_log if e["event"] == "dial"]

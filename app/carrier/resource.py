@@ -27,11 +27,12 @@ _EVENTS: Final = frozenset({"initiated", "ringing", "answered", "completed"})
 _AMD: Final = frozenset({"Enable", "DetectMessageEnd"})
 
 
-@dataclass(frozen=True, slots=True)
 class RestError(Exception):
-    status: int
-    code: int
-    message: str
+    """What Twilio's API would answer: an HTTP status, one of Twilio's error codes, and its message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(f"{status} [{code}] {message}")
+        self.status, self.code, self.message = status, code, message
 
 
 def error_body(error: RestError) -> dict[str, Any]:

@@ -35,7 +35,16 @@ from twilio.request_validator import RequestValidator
 
 from app.carrier import twiml
 from app.carrier.people import Behaviour, People
-from app.carrier.resource import FINAL, CallRecord, RestError, error_body, new_sid, parse_create, rfc2822
+from app.carrier.resource import (
+    FINAL,
+    CallRecord,
+    CreateRequest,
+    RestError,
+    error_body,
+    new_sid,
+    parse_create,
+    rfc2822,
+)
 from app.simulator.audio import SAMPLE_RATE, synth_speech_mulaw
 from app.simulator.conversation import CallScript
 from app.simulator.said import SaidTeller
@@ -91,6 +100,22 @@ class _Live:
         self.record.log.append({"t": round(self.loop.time() - self.t0, 3), "event": event, **detail})
 
 
+MAX_FORM_BYTES = 64 * 1024  # a call request is a few hundred bytes; Twilio's TwiML parameter is capped at 4,000
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    """The form-encoded body of an authorised request; Twilio's 400 for one that is too large or not text."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise RestError(413, 21617, f"The request body is larger than {MAX_FORM_BYTES} bytes")
+    try:
+        return parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError as exc:
+        raise RestError(400, 21626, f"The request body is not UTF-8 form data: {exc.reason}") from exc
+
+
 class _HungUp(Exception):
     """The person hung up, or the call was ended from the API."""
 
@@ -121,8 +146,7 @@ class Carrier:
         @app.post(prefix + ".json", status_code=201)
         async def create(account: str, request: Request) -> JSONResponse:
             self._authorise(account, request)
-            form = parse_qs((await request.body()).decode(), keep_blank_values=True)
-            call = self._start(account, parse_create(form))
+            call = self._start(account, parse_create(await _form(request)))
             return JSONResponse(call.to_json(), status_code=201)
 
         @app.get(prefix + ".json")
@@ -149,7 +173,7 @@ class Carrier:
         @app.post(prefix + "/{sid}.json")
         async def update(account: str, sid: str, request: Request) -> JSONResponse:
             self._authorise(account, request)
-            form = parse_qs((await request.body()).decode(), keep_blank_values=True)
+            form = await _form(request)
             call = self._call(sid)
             self._update(call, {k: v[-1] for k, v in form.items() if v})
             return JSONResponse(call.to_json())
@@ -209,7 +233,7 @@ class Carrier:
             raise RestError(404, 20404, f"The requested resource /Calls/{sid}.json was not found")
         return call
 
-    def _start(self, account: str, request: Any) -> CallRecord:
+    def _start(self, account: str, request: CreateRequest) -> CallRecord:
         behaviour = self.config.people.next_for(request.to)
         call = CallRecord(sid=new_sid("CA"), account_sid=account, request=request, created=datetime.now(UTC),
                           person=behaviour.name or behaviour.kind)  # fmt: skip

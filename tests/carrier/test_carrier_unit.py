@@ -119,3 +119,27 @@ def test_a_call_request_is_read_as_twilio_reads_it() -> None:
     assert request.timeout_s == 5.0  # Twilio's floor
     assert request.machine_detection == "DetectMessageEnd" and request.async_amd
     assert parse_create(BASE).status_callback_events == {"completed"}
+
+
+async def test_the_api_refuses_bad_credentials_and_bodies_with_twilios_errors_and_no_call_is_made() -> None:
+    import httpx
+
+    from app.carrier.server import Carrier, CarrierConfig
+
+    carrier = Carrier(CarrierConfig(account_sid="AC" + "1" * 32, auth_token="token", people=People.from_json({})))
+    url = f"/2010-04-01/Accounts/AC{'1' * 32}/Calls.json"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=carrier.app), base_url="http://carrier") as api:
+        anonymous = await api.post(url, data={"To": "+12125550123"})
+        wrong = await api.post(url, data={"To": "+12125550123"}, auth=("AC" + "1" * 32, "nope"))
+        other = await api.get(f"/2010-04-01/Accounts/AC{'2' * 32}/Calls.json", auth=("AC" + "1" * 32, "token"))
+        binary = await api.post(url, content=b"To=\xff\xfe", auth=("AC" + "1" * 32, "token"),
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        huge = await api.post(url, content=b"Twiml=" + b"x" * 70_000, auth=("AC" + "1" * 32, "token"),
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        missing = await api.post(url.replace("Calls.json", "Calls/CA" + "0" * 32 + ".json"),
+                                 data={"Status": "completed"}, auth=("AC" + "1" * 32, "token"))  # fmt: skip
+    assert [r.status_code for r in (anonymous, wrong, other)] == [401, 401, 401]
+    assert anonymous.json()["code"] == 20003 and anonymous.json()["more_info"].endswith("/20003")
+    assert binary.status_code == 400 and binary.json()["code"] == 21626
+    assert huge.status_code == 413 and missing.status_code == 404 and missing.json()["code"] == 20404
+    assert carrier.calls == {}

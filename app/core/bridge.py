@@ -83,6 +83,7 @@ from app.core.call_events import (
     WrapUp as WrapUp,
 )
 from app.core.caller_input import CallerInput
+from app.core.caller_speech import UNTRANSCRIBED, CallerSpeech
 from app.core.playback import AgentPlayback
 from app.core.tools import END_CALL, HANDOFF_INSTRUCTIONS, OPT_OUT, TRANSFER_TO_HUMAN
 from app.core.transport import TWILIO, Passthrough, TransportAudio
@@ -94,8 +95,6 @@ from app.core.twilio_media import (
     StreamStarted,
     StreamStopped,
 )
-
-UNTRANSCRIBED = "[the caller spoke; it could not be transcribed]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +229,7 @@ class CallBridge(AudioCounters):
         # agent audio and transcript
         self._items: dict[str, _AgentItem] = {}
         self._finished_items: set[str] = set()
-        self._speech_offsets: dict[str, int] = {}
+        self.speech = CallerSpeech()  # caller utterances awaiting their transcript, and when each began
         self._line_seq = max((line.seq for line in self.history), default=0)
         self.usage: list[dict[str, Any]] = []
 
@@ -418,12 +417,12 @@ class CallBridge(AudioCounters):
     @property
     def pending_speech_ms(self) -> int | None:
         """When the earliest caller speech still awaiting its transcript began (ms from the call's start)."""
-        return min(self._speech_offsets.values(), default=None)
+        return self.speech.pending_ms
 
     @property
     def awaiting_transcription(self) -> bool:
         """The caller started speaking and their words have not been transcribed yet."""
-        return bool(self._speech_offsets)
+        return self.speech.awaiting
 
     @property
     def quiet(self) -> bool:
@@ -551,7 +550,7 @@ class CallBridge(AudioCounters):
             out.append(RecordCallEvent("turn_stage", detail))
 
     def _on_speech_started(self, ev: rt.SpeechStarted, now_ms: int) -> list[Command]:
-        self._speech_offsets[ev.item_id] = self._offset(now_ms)
+        self.speech.began(ev.item_id, self._offset(now_ms))
         self.caller_speaking = True
         out: list[Command] = []
         self._cancel_hang_up(out)
@@ -582,14 +581,14 @@ class CallBridge(AudioCounters):
     def _on_transcription_failed(self, ev: rt.InputTranscriptionFailed, now_ms: int) -> list[Command]:
         """The caller said something that could not be transcribed: the transcript says so (at its place),
         and nothing waits for words that will never come."""
-        offset = self._speech_offsets.pop(ev.item_id, self._offset(now_ms))
+        offset = self.speech.take(ev.item_id, self._offset(now_ms))
         out: list[Command] = [RecordCallEvent("transcription_failed", {"item_id": ev.item_id, "error": ev.error})]
         self._save_line("caller", UNTRANSCRIBED, offset, False, ev.item_id, out)
         return out
 
     def _on_input_transcribed(self, ev: rt.InputTranscribed, now_ms: int) -> list[Command]:
         text = ev.transcript.strip()
-        offset = self._speech_offsets.pop(ev.item_id, self._offset(now_ms))
+        offset = self.speech.take(ev.item_id, self._offset(now_ms))
         out: list[Command] = []
         if ev.usage:
             out.append(RecordCallEvent("transcription_usage", {"item_id": ev.item_id, "usage": ev.usage}))

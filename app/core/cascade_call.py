@@ -60,6 +60,7 @@ from app.core.call_events import (
     WrapUp,
 )
 from app.core.caller_input import CallerInput
+from app.core.caller_speech import UNTRANSCRIBED, CallerSpeech
 from app.core.playback import AgentPlayback
 from app.core.tools import END_CALL, OPT_OUT, TRANSFER_TO_HUMAN
 from app.core.transport import TWILIO, Passthrough, TransportAudio
@@ -72,7 +73,6 @@ from app.core.twilio_media import (
     StreamStopped,
 )
 
-UNTRANSCRIBED = "[the caller spoke; it could not be transcribed]"
 STT_CONFIG_EVENT = "sb_stt_session_"
 
 # What the shell carries out: the calls' vocabulary, and the stage requests the sequencer asks for.
@@ -149,7 +149,7 @@ class CascadeCall(AudioCounters):
         self.wrapping_up = False
         self._configuring: tuple[str, int] | None = None
         self._sessions = 0
-        self._speech_offsets: dict[str, int] = {}  # caller items awaiting their transcript -> when they began
+        self.speech = CallerSpeech()  # caller utterances awaiting their transcript, and when each began
         self._turn_offsets: dict[int, int] = {}  # agent turns -> when their first audio went out
         self._streamed: set[int] = set()  # turns whose audio has all been handed out, waiting to be heard
         self._line_seq = max((line.seq for line in self.history), default=0)
@@ -198,11 +198,11 @@ class CascadeCall(AudioCounters):
     @property
     def pending_speech_ms(self) -> int | None:
         """When the earliest caller speech still awaiting its transcript began (ms from the call's start)."""
-        return min(self._speech_offsets.values(), default=None)
+        return self.speech.pending_ms
 
     @property
     def awaiting_transcription(self) -> bool:
-        return bool(self._speech_offsets)
+        return self.speech.awaiting
 
     @property
     def quiet(self) -> bool:
@@ -319,11 +319,11 @@ class CascadeCall(AudioCounters):
         self._configuring = None
         self.caller.session_lost()
         self.caller_speaking = False
-        self._speech_offsets.clear()
+        self.speech.clear()
         return [RecordCallEvent("upstream_lost", {"reason": ev.reason})]
 
     def _on_speech_started(self, ev: rt.SpeechStarted, now_ms: int) -> list[CascadeCommand]:
-        self._speech_offsets[ev.item_id] = self._offset(now_ms)
+        self.speech.began(ev.item_id, self._offset(now_ms))
         self.caller_speaking = True
         out: list[CascadeCommand] = []
         self._cancel_hang_up(out)
@@ -344,7 +344,7 @@ class CascadeCall(AudioCounters):
             self._run(self.seq.handle(seq.CallerSaid(item_id, text, now_ms, self._heard())), now_ms, out)
 
     def _on_transcribed(self, ev: rt.InputTranscribed, now_ms: int) -> list[CascadeCommand]:
-        offset = self._speech_offsets.pop(ev.item_id, self._offset(now_ms))
+        offset = self.speech.take(ev.item_id, self._offset(now_ms))
         out: list[CascadeCommand] = []
         if ev.usage:
             out.append(RecordCallEvent("transcription_usage", {"item_id": ev.item_id, "usage": ev.usage}))
@@ -359,7 +359,7 @@ class CascadeCall(AudioCounters):
         return out
 
     def _on_transcription_failed(self, ev: rt.InputTranscriptionFailed, now_ms: int) -> list[CascadeCommand]:
-        offset = self._speech_offsets.pop(ev.item_id, self._offset(now_ms))
+        offset = self.speech.take(ev.item_id, self._offset(now_ms))
         out: list[CascadeCommand] = [
             RecordCallEvent("transcription_failed", {"item_id": ev.item_id, "error": ev.error})
         ]

@@ -9,7 +9,7 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from app.auth.keys import Role
-from tests.console.support import console_settings
+from tests.console.support import console_settings, sign_in_page
 from tests.console.test_console_browser import ARTIFACTS, CHROMIUM_ARGS, WAIT_MS
 from tests.support import key_for, serve
 
@@ -27,9 +27,7 @@ async def test_an_admin_makes_a_key_revokes_it_and_sees_both_in_the_audit_log(
         browser = await playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
-            await page.goto(f"{base}/console/login")
-            await page.get_by_label("API key").fill(admin)
-            await page.get_by_label("API key").press("Enter")
+            await sign_in_page(page, base, admin)
             await page.get_by_role("link", name="API keys").click()
             await expect(page.get_by_role("heading", name="API keys", level=1)).to_be_visible()
             await page.get_by_label("Who holds it").fill("Olga from ops")

@@ -17,7 +17,7 @@ from app.carrier.server import Carrier, CarrierConfig
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.main import create_app
-from tests.console.support import console_settings
+from tests.console.support import console_settings, sign_in_page
 from tests.console.test_console_browser import ARTIFACTS, CHROMIUM_ARGS, WAIT_MS
 from tests.support import ACCOUNT_SID, AUTH_TOKEN, DialerClock, key_for, lawful_instant, serve_asgi
 
@@ -56,9 +56,7 @@ async def ops_path(base: str, ops: str, sheet: Path, chromium_path: str) -> None
         browser = await playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
-            await page.goto(f"{base}/console/login")
-            await page.get_by_label("API key").fill(ops)
-            await page.get_by_label("API key").press("Enter")
+            await sign_in_page(page, base, ops)
             await page.get_by_role("link", name="Campaigns").click()
             await page.get_by_label("Name", exact=True).fill("Spring recalls")
             await page.get_by_label("Subject").fill("dental recall")

@@ -10,7 +10,6 @@ import pytest
 
 from app.core import realtime_events as rt
 from app.core.bridge import (
-    UNTRANSCRIBED,
     BridgeConfig,
     CallBridge,
     Command,
@@ -32,6 +31,7 @@ from app.core.bridge import (
     WrapUp,
     cut_transcript,
 )
+from app.core.caller_speech import UNTRANSCRIBED
 from app.core.tools import BUILTIN_TOOLS, greeting_instructions
 from app.core.twilio_media import DtmfReceived, MarkAcknowledged, MediaReceived, StreamStarted, StreamStopped
 

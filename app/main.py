@@ -84,7 +84,10 @@ def build_runtime(settings: Settings, *, tools: ToolRegistry | None = None) -> R
         redact=redactor(settings.redaction_patterns) if settings.redaction_patterns else None,
         jurisdiction=Jurisdiction(emergencies=frozenset(s.upper() for s in settings.declared_emergency_states)),
         realtime=RealtimeConnector(
-            api_key=api_key, websocket_base_url=settings.openai_realtime_url, model=settings.openai_realtime_model
+            api_key=api_key,
+            websocket_base_url=settings.openai_realtime_url,
+            model=settings.openai_realtime_model,
+            socket=settings.realtime_socket,
         ),
         twilio=TwilioRest(
             account_sid=settings.twilio_account_sid,
@@ -121,7 +124,9 @@ def make_cascade_stages(settings: Settings, api_key: str) -> CascadeStages:
 
     return CascadeStages(
         transcription=TranscriptionConnector(
-            api_key=key(settings.stt_api_key), websocket_base_url=settings.stt_url or settings.openai_realtime_url
+            api_key=key(settings.stt_api_key),
+            websocket_base_url=settings.stt_url or settings.openai_realtime_url,
+            socket=settings.realtime_socket,
         ),
         chat=ChatStage(api_key=key(settings.chat_api_key), base_url=settings.chat_base_url, model=settings.chat_model),
         speech=SpeechStage(

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_realtime_url: str = "wss://api.openai.com/v1"
     openai_realtime_model: str = "gpt-realtime"
+    # The Realtime (and transcription) sessions' socket: picows (frames in C, written at once; the default)
+    # or the openai SDK's own connection (websockets). docs/PERFORMANCE.md has both side by side.
+    realtime_socket: Literal["picows", "sdk"] = "picows"
     audio_format: Literal["pcm24k", "pcmu"] = "pcm24k"
     # pcm24k only. fir: 1.92 ms of delay, every caller frame resampled at once (the default); soxr: its
     # stream at RESAMPLE_QUALITY, 20-73 ms held back per direction (docs/PERFORMANCE.md)

@@ -17,7 +17,8 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from app.adapters.openai_realtime import OpenAIRealtimeUpstream
+from app.adapters.openai_realtime import OpenAIRealtimeUpstream, RealtimeSocketKind, RealtimeUpstream
+from app.adapters.realtime_socket import open_realtime_socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +44,13 @@ ChatPiece = ChatText | ChatToolCall | ChatUsage
 class TranscriptionConnector:
     """Opens transcription sessions (no model in the URL: the session's configuration names it)."""
 
-    def __init__(self, *, api_key: str, websocket_base_url: str) -> None:
+    def __init__(self, *, api_key: str, websocket_base_url: str, socket: RealtimeSocketKind = "picows") -> None:
+        self.socket = socket
         self._client = AsyncOpenAI(api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0)
 
-    async def connect(self) -> OpenAIRealtimeUpstream:
+    async def connect(self) -> RealtimeUpstream:
+        if self.socket == "picows":
+            return await open_realtime_socket(self._client, {"intent": "transcription"})
         conn = await self._client.realtime.connect(extra_query={"intent": "transcription"}).enter()
         return OpenAIRealtimeUpstream(conn)
 

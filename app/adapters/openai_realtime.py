@@ -7,12 +7,14 @@ server session with default config and no history. Reconnection is ours (see the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.asyncio.client import ClientConnection
 from websockets.protocol import OPEN
+
+from app.adapters.realtime_socket import open_realtime_socket
 
 
 class RealtimeUpstream(Protocol):
@@ -90,14 +92,26 @@ class OpenAIRealtimeUpstream:
             pass
 
 
-class RealtimeConnector:
-    """Opens Realtime sessions; one AsyncOpenAI client per process."""
+RealtimeSocketKind = Literal["picows", "sdk"]
 
-    def __init__(self, *, api_key: str, websocket_base_url: str, model: str) -> None:
+
+class RealtimeConnector:
+    """Opens Realtime sessions; one AsyncOpenAI client per process.
+
+    ``socket="picows"`` (the default, ``REALTIME_SOCKET``) opens the session on picows
+    (``app.adapters.realtime_socket``) at the address and with the headers the SDK's client gives;
+    ``"sdk"`` through the SDK's own connection (websockets)."""
+
+    def __init__(
+        self, *, api_key: str, websocket_base_url: str, model: str, socket: RealtimeSocketKind = "picows"
+    ) -> None:
         self.model = model
+        self.socket = socket
         self._client = AsyncOpenAI(api_key=api_key, websocket_base_url=websocket_base_url, max_retries=0)
 
-    async def connect(self) -> OpenAIRealtimeUpstream:
+    async def connect(self) -> RealtimeUpstream:
+        if self.socket == "picows":
+            return await open_realtime_socket(self._client, {"model": self.model})
         conn = await self._client.realtime.connect(model=self.model).enter()
         return OpenAIRealtimeUpstream(conn)
 

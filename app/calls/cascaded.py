@@ -25,7 +25,7 @@ from app.adapters.openai_cascade import (
     SpeechStage,
     TranscriptionConnector,
 )
-from app.adapters.openai_realtime import OpenAIRealtimeUpstream
+from app.adapters.openai_realtime import RealtimeUpstream
 from app.core import cascade as seq
 from app.core.call_events import RecordCallEvent, TranscriptLine
 from app.core.cascade_call import CascadeCall, CascadeConfig
@@ -82,7 +82,7 @@ class CascadedEngine:
         """How the stage tasks hand what they receive to the call's machine."""
         self._feed = feed
 
-    async def connect(self) -> OpenAIRealtimeUpstream:
+    async def connect(self) -> RealtimeUpstream:
         return await self.stages.transcription.connect()
 
     def execute(self, command: object) -> bool:

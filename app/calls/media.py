@@ -62,6 +62,7 @@ from app.core.bridge import (
     UpstreamReady,
     WrapUp,
 )
+from app.core.caller_input import CallerInput
 from app.core.playback import AgentPlayback
 from app.core.realtime_events import (
     AudioDelta,
@@ -139,6 +140,7 @@ class CallMachine(Protocol):
 
     started_at_ms: int
     out: AgentPlayback  # the agent's audio on its way to the caller (a recording taps it)
+    caller: CallerInput  # the caller's audio on its way to the upstream session
     history: list[Any]
     usage: list[dict[str, Any]]
     frames_in: int
@@ -697,6 +699,12 @@ class CallSession:
             lost_at, attempt = None, 0
             reason = await self._read_upstream(upstream)
             self.upstream = None
+            if reason is not None:
+                # From this moment the caller's audio is held for the next session, with the last moments
+                # the lost one may have eaten. The machine hears of the loss in turn (through its queue, for
+                # an engine that has one), but caller frames reach it at once: until then they would go to
+                # no session at all.
+                self.bridge.caller.session_lost()
             await upstream.close()
             if reason is None:
                 return

@@ -1,24 +1,36 @@
-"""The Realtime adapter against the emulator, through the real openai SDK."""
+"""The Realtime adapters against the emulator and a websockets server: picows (the default) at the SDK
+client's address and headers, and the real openai SDK's own connection."""
 
 from __future__ import annotations
 
 import asyncio
 
 import orjson
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
-from app.adapters.openai_realtime import RealtimeConnector
+from app.adapters.openai_realtime import OpenAIRealtimeUpstream, RealtimeConnector, RealtimeSocketKind
+from app.adapters.realtime_socket import RealtimeSocket
 from app.core.realtime_events import audio_append
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 
+SOCKETS: list[RealtimeSocketKind] = ["picows", "sdk"]
 
-async def test_events_go_out_as_text_frames_on_the_sdk_websocket() -> None:
+
+@pytest.mark.parametrize("socket", SOCKETS)
+async def test_events_go_out_as_text_frames(socket: RealtimeSocketKind) -> None:
     async with RealtimeEmulator(EmulatorConfig(tts="synthetic")) as emulator:
-        connector = RealtimeConnector(api_key="test", websocket_base_url=emulator.url, model="gpt-realtime-mini")
+        connector = RealtimeConnector(
+            api_key="test", websocket_base_url=emulator.url, model="gpt-realtime-mini", socket=socket
+        )
         upstream = await connector.connect()
-        # The fast path exists with this SDK; if an SDK upgrade removes it, this test says so.
-        assert upstream.fast_path and upstream.direct_path
+        if isinstance(upstream, OpenAIRealtimeUpstream):
+            # The fast path exists with this SDK; if an SDK upgrade removes it, this test says so.
+            assert upstream.fast_path and upstream.direct_path
+        else:
+            assert isinstance(upstream, RealtimeSocket)
         created = orjson.loads(await upstream.recv())
         assert created["type"] == "session.created" and created["session"]["model"] == "gpt-realtime-mini"
         await upstream.send(audio_append(b"\x00\x01" * 480))
@@ -32,7 +44,8 @@ async def test_events_go_out_as_text_frames_on_the_sdk_websocket() -> None:
     assert session.binary_frames == 0
 
 
-async def test_a_direct_send_waits_like_websockets_once_the_peer_stops_reading() -> None:
+@pytest.mark.parametrize("socket", SOCKETS)
+async def test_a_direct_send_waits_like_websockets_once_the_peer_stops_reading(socket: RealtimeSocketKind) -> None:
     # A Realtime peer that reads nothing until told: the socket's buffers fill, the transport pauses
     # writing, and from then on a send waits (backpressure) instead of piling audio up in memory.
     reading, committed = asyncio.Event(), asyncio.Event()
@@ -49,10 +62,9 @@ async def test_a_direct_send_waits_like_websockets_once_the_peer_stops_reading()
     async with serve(handler, "127.0.0.1", 0, max_queue=1, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
         connector = RealtimeConnector(
-            api_key="test", websocket_base_url=f"ws://127.0.0.1:{port}/v1", model="gpt-realtime"
+            api_key="test", websocket_base_url=f"ws://127.0.0.1:{port}/v1", model="gpt-realtime", socket=socket
         )
         upstream = await connector.connect()
-        assert upstream.direct_path
         await upstream.recv()
         message = audio_append(b"\x01\x02" * 4800)
         sent = 0
@@ -73,3 +85,40 @@ async def test_a_direct_send_waits_like_websockets_once_the_peer_stops_reading()
     assert len(received) == sent + 2
     assert received[:-1] == [message.decode()] * (sent + 1)
     assert orjson.loads(received[-1])["type"] == "input_audio_buffer.commit"
+
+
+async def test_the_picows_socket_opens_where_the_sdk_would_and_reads_the_session_like_it() -> None:
+    # The handshake: the SDK client's URL (model in the query) and headers (the key, its user agent). Then a
+    # message in fragments comes out whole, and the peer's close frame surfaces as websockets' ConnectionClosed
+    # with its code, which is how a call tells a session's expiry or a server error from a lost network.
+    seen: dict[str, object] = {}
+
+    async def handler(ws: ServerConnection) -> None:
+        seen["path"] = ws.request.path if ws.request is not None else None
+        seen["headers"] = dict(ws.request.headers) if ws.request is not None else {}
+        await ws.send(orjson.dumps({"type": "session.created", "event_id": "e0", "session": {}}).decode())
+        await ws.send(['{"type": "response.output_audio.delta", ', '"delta": "AAAA"}'])
+        seen["first"] = await ws.recv()
+        await ws.close(1011, "upstream hiccup")
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        connector = RealtimeConnector(api_key="sk-test", websocket_base_url=f"ws://127.0.0.1:{port}/v1", model="gpt-x")
+        upstream = await connector.connect()
+        assert orjson.loads(await upstream.recv())["type"] == "session.created"
+        assert orjson.loads(await upstream.recv()) == {"type": "response.output_audio.delta", "delta": "AAAA"}
+        await upstream.send(b'{"type": "input_audio_buffer.clear"}')
+        with pytest.raises(ConnectionClosed) as lost:
+            await upstream.recv()
+        await upstream.close()
+        await connector.aclose()
+    assert seen["path"] == "/v1/realtime?model=gpt-x"
+    headers = seen["headers"]
+    assert isinstance(headers, dict)
+    assert headers["authorization"] == "Bearer sk-test"
+    assert headers["user-agent"].startswith("AsyncOpenAI/Python")
+    assert seen["first"] == '{"type": "input_audio_buffer.clear"}'
+    assert lost.value.rcvd is not None and lost.value.rcvd.code == 1011
+    assert lost.value.rcvd.reason == "upstream hiccup"
+    with pytest.raises(ConnectionClosed):
+        await upstream.send(b"{}")  # a closed session takes nothing more

@@ -38,12 +38,14 @@ def serve(
         typer.echo("Use one process per node behind a load balancer; --workers > 1 is not supported.", err=True)
         raise typer.Exit(2)
     from app.calls.drain import DrainingServer
+    from app.calls.media_socket import MediaStreamRouter
 
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=host or settings.host,
         port=port or settings.port,
+        ws=MediaStreamRouter,  # Twilio's media streams on picows; every other WebSocket as uvicorn does it
         ws_max_size=2 * 1024 * 1024,
         ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),

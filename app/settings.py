@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # The Realtime (and transcription) sessions' socket: picows (frames in C, written at once; the default)
     # or the openai SDK's own connection (websockets). docs/PERFORMANCE.md has both side by side.
     realtime_socket: Literal["picows", "sdk"] = "picows"
+    # Twilio's media streams: picows under the same server and port (frames in C, no ASGI per message; the
+    # default) or the ASGI route (uvicorn's WebSocket implementation). app/calls/media_socket.py.
+    media_socket: Literal["picows", "asgi"] = "picows"
     audio_format: Literal["pcm24k", "pcmu"] = "pcm24k"
     # pcm24k only. fir: 1.92 ms of delay, every caller frame resampled at once (the default); soxr: its
     # stream at RESAMPLE_QUALITY, 20-73 ms held back per direction (docs/PERFORMANCE.md)

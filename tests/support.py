@@ -32,6 +32,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection
 
 from app.auth.keys import Role, create_api_key, utcnow
+from app.calls.media_socket import MediaStreamRouter
 from app.calls.tools import ToolRegistry
 from app.db import make_engine, make_sessionmaker
 from app.main import create_app
@@ -90,7 +91,8 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(256)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_max_size=4 * 1024 * 1024)
+    # As `switchboard serve` runs it: media streams on picows (unless MEDIA_SOCKET=asgi), the rest through ASGI
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws=MediaStreamRouter, ws_max_size=4 * 1024 * 1024)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

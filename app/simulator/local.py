@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from app.calls.media_socket import MediaStreamRouter
 from app.emulator.audio import SpeechSynth
 from app.emulator.cascade import CascadeStages
 from app.emulator.config import EmulatorConfig
@@ -64,7 +65,9 @@ async def local_switchboard(
             }  # fmt: skip
             app_settings = Settings(**values)
             await asyncio.to_thread(upgrade, app_settings.effective_database_url)
-            app_server = uvicorn.Server(uvicorn.Config(create_app(app_settings), log_level="warning"))
+            app_server = uvicorn.Server(
+                uvicorn.Config(create_app(app_settings), log_level="warning", ws=MediaStreamRouter)
+            )
             # Listening already: the kernel queues the first webhook until the server has started.
             app_task = asyncio.create_task(app_server.serve(sockets=[app_sock]))
             try:

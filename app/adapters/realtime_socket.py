@@ -18,6 +18,7 @@ import asyncio
 import ssl
 import urllib.parse
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from openai import AsyncOpenAI
@@ -49,6 +50,10 @@ class RealtimeSocket(WSListener):
         self._closed = False
         self._rcvd: Close | None = None
         self._disconnected = asyncio.get_running_loop().create_future()
+        self._failure: BaseException | None = None
+        # Set by the call: takes a message at once, in picows' callback, while the reader waits with nothing
+        # queued (so order holds); True when it was handled there, False to queue it for ``recv`` as usual.
+        self.fast: Callable[[bytes], bool] | None = None
 
     # -- picows' callbacks ---------------------------------------------------------------------
 
@@ -59,7 +64,17 @@ class RealtimeSocket(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:  # nearly every message: one whole frame
-            self._messages.append(frame.get_payload_as_bytes())
+            data = frame.get_payload_as_bytes()
+            fast = self.fast
+            waiter = self._waiter
+            if fast is not None and waiter is not None and not waiter.done() and not self._messages:
+                try:
+                    if fast(data):
+                        return
+                except Exception as exc:  # noqa: BLE001 - raised to the reader, as if it had handled it
+                    self._failure = exc
+                    data = b""
+            self._messages.append(data)
         elif kind is _TEXT or kind is _BINARY:
             self._fragments = [frame.get_payload_as_bytes()]
             self._fragment_type = kind
@@ -119,7 +134,25 @@ class RealtimeSocket(WSListener):
                 raise self._lost()
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            messages.clear()
+            raise failure
         return messages.popleft()
+
+    @property
+    def writable(self) -> bool:
+        """A message sent now goes out at once (``send_now``)."""
+        socket = self._socket
+        return not self._paused and not self._closed and socket is not None and not socket.is_closing()
+
+    def send_now(self, data: bytes) -> bool:
+        """Write a message now if the socket takes it (False: it did not, nothing was sent)."""
+        transport, socket = self._transport, self._socket
+        if self._paused or self._closed or transport is None or socket is None or socket.is_closing():
+            return False
+        transport.send(_TEXT, data)
+        return True
 
     async def send(self, data: bytes) -> None:
         while self._paused and not self._closed:

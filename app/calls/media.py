@@ -176,6 +176,12 @@ def trusted_direction(meta: dict[str, Any]) -> str:
     return direction if direction in DIRECTIONS else "inbound"
 
 
+def _stop_fast(socket: object) -> None:
+    """A socket's callback no longer hands messages to this call (picows sockets; others have no fast path)."""
+    if socket is not None and hasattr(socket, "fast"):
+        socket.fast = None
+
+
 class StreamRefused(Exception):
     def __init__(self, code: int, reason: str, metric: str) -> None:
         super().__init__(reason)
@@ -577,6 +583,8 @@ class CallSession:
                 waiter.cancel()
         finally:
             self._ending = True
+            _stop_fast(self.ws)
+            _stop_fast(self.upstream)
             for task in pumps:
                 task.cancel()
             # Bounded: a pump stuck in a library that swallowed its cancellation must not hold the call.
@@ -603,6 +611,8 @@ class CallSession:
         parse = self._parse
         queue = self._queue
         record = self.recorder.caller if self.recorder is not None else None
+        if hasattr(self.ws, "fast"):
+            self.ws.fast = self._fast_caller_frames(record)
         while True:
             msg = await receive()
             if msg["type"] == "websocket.disconnect":
@@ -651,6 +661,74 @@ class CallSession:
                     self.end_reason = "caller hung up"
                 return
 
+    def _fast_caller_frames(self, record: Callable[[bytes], None] | None) -> Callable[[bytes], bool]:
+        """A caller frame taken in the socket's callback, as the pump would take it, with no task woken: the
+        call's reader is waiting with nothing queued, and the upstream socket takes the append at once.
+        Anything else (another event, a bad or oversized frame, no session or a full socket) goes the
+        pump's way, in order."""
+        media = self.bridge.media
+        parse = self._parse
+        limit = self.rt.settings.max_ws_message_bytes
+
+        def take(data: bytes) -> bool:
+            upstream = self.upstream
+            if upstream is None or len(data) > limit or not getattr(upstream, "writable", False):
+                return False
+            try:
+                ev = parse(data)
+            except (TwilioMessageError, BrowserMessageError):
+                return False  # the pump counts it
+            if type(ev) is not MediaReceived:
+                return False
+            if record is not None:
+                record(ev.payload)
+            append = media(ev.payload)
+            if append is not None:
+                upstream.send_now(append)  # type: ignore[attr-defined]  # writable: it goes out now
+            return True
+
+        return take
+
+    def _fast_agent_audio(self) -> Callable[[bytes], bool] | None:
+        """An agent audio delta taken in the upstream socket's callback, as the reader would take it, with no
+        task woken: the reader is waiting with nothing queued, the machine is fed where events arrive (no
+        queue), and the caller's socket takes the media at once. Anything else goes the reader's way."""
+        ws: Any = self.ws  # a MediaSocket has send_now; Starlette's WebSocket has no fast path
+        if self._queue is not None or not hasattr(ws, "send_now"):
+            return None
+        bridge = self.bridge
+        handle = bridge.handle
+        now_ms = self.now_ms
+        send_now = ws.send_now
+        on_call_event = self._on_call_event
+
+        def take(raw: bytes) -> bool:
+            if self._closed or not ws.writable:
+                return False
+            try:
+                ev = parse_server_event(raw)
+            except RealtimeEventError:
+                return False  # the reader records it
+            if type(ev) is not AudioDelta:
+                return False
+            rest: list[Any] = []
+            for command in handle(ev, now_ms()):
+                kind = type(command)
+                if kind is SendToTwilio:
+                    if not self._closed and not send_now(command.text):
+                        self._closed = True  # the caller's side went away mid-send; its pump sees it
+                elif kind is RecordCallEvent:
+                    on_call_event(command)
+                else:
+                    rest.append(command)
+            if rest:  # none that an audio delta makes today; carried out as the reader would, next
+                self._spawn(self._execute(rest), "commands")
+            if (self._stopped or self._server_ended) and not bridge.awaiting_transcription:
+                self._transcripts_settled.set()
+            return True
+
+        return take
+
     def _line_saved(self, line: Any) -> None:
         """A transcript line was written (the page shows it live; Twilio has no use for it)."""
 
@@ -698,6 +776,7 @@ class CallSession:
                 log.info("call.upstream_recovered", recovery_ms=round(recovery_s * 1000), attempts=attempt + 1)
             lost_at, attempt = None, 0
             reason = await self._read_upstream(upstream)
+            _stop_fast(upstream)
             self.upstream = None
             if reason is not None:
                 # From this moment the caller's audio is held for the next session, with the last moments
@@ -739,6 +818,8 @@ class CallSession:
         now_ms = self.now_ms
         queue = self._queue
         expired = False
+        if hasattr(upstream, "fast"):
+            upstream.fast = self._fast_agent_audio()
         while True:
             try:
                 raw = await recv()

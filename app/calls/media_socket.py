@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
@@ -73,6 +73,10 @@ class MediaSocket(WSListener):
         self._gone = False
         self._close_sent = False
         self._burst = 0  # messages read in a row without waiting
+        self._failure: BaseException | None = None
+        # Set by the call: takes a message at once, in picows' callback, while the call's reader waits with
+        # nothing queued (so order holds); True when it was handled there, False to queue it as usual.
+        self.fast: Callable[[bytes], bool] | None = None
         self.task: asyncio.Task[None] | None = None
 
     # -- picows' callbacks ---------------------------------------------------------------------
@@ -87,7 +91,16 @@ class MediaSocket(WSListener):
         if kind is _TEXT or kind is _BINARY:
             if frame.fin:  # every Twilio message: one whole text frame
                 # As bytes: the parser takes them (orjson refuses what is not UTF-8: a bad frame like any other)
-                self._push({"type": "websocket.receive", "bytes": frame.get_payload_as_bytes()})
+                data = frame.get_payload_as_bytes()
+                fast = self.fast
+                waiter = self._waiter
+                if fast is not None and waiter is not None and not waiter.done() and not self._messages:
+                    try:
+                        if fast(data):
+                            return
+                    except Exception as exc:  # noqa: BLE001 - raised to the reader, as if it had handled it
+                        self._failure = exc
+                self._push({"type": "websocket.receive", "bytes": data})
                 return
             self._fragments = [frame.get_payload_as_bytes()]  # the first of a message's frames
             self._fragment_bytes = frame.payload_size
@@ -154,6 +167,10 @@ class MediaSocket(WSListener):
 
     async def receive(self) -> dict[str, Any]:
         messages = self._messages
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            messages.clear()
+            raise failure
         if messages:
             # A burst (frames that queued while the loop was busy, or a client sending faster than real
             # time) is read without waiting; every BURST_YIELD messages the other calls get their turn,
@@ -185,6 +202,22 @@ class MediaSocket(WSListener):
         if self._gone or self._close_sent or transport is None or socket is None or socket.is_closing():
             raise RuntimeError("the media stream is closed")  # as Starlette's WebSocket raises
         transport.send(_TEXT, data)
+
+    @property
+    def writable(self) -> bool:
+        """A message sent now goes out at once (``send_now``)."""
+        socket = self._socket
+        return not (self._paused or self._gone or self._close_sent or socket is None or socket.is_closing())
+
+    def send_now(self, data: bytes | str) -> bool:
+        """Write a message now if the socket takes it (False: it did not, nothing was sent)."""
+        transport, socket = self._transport, self._socket
+        if self._paused or self._gone or self._close_sent or transport is None or socket is None:
+            return False
+        if socket.is_closing():
+            return False
+        transport.send(_TEXT, data)
+        return True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self._send_close(code, reason)

@@ -141,9 +141,10 @@ def ended(result: CallResult) -> str:
     if result.hung_up_by == "server":
         return "hung up by the server"
     if result.cut_at_max_duration:
-        return (
-            f"cut at --max-duration ({result.ended_at - result.started_at:.0f} s) before the caller's script was done"
-        )
+        # The cap as given, not the measured length (on the line above): a caller running late hangs up a
+        # little after its cap, and 4.6 s is not "--max-duration 5".
+        cap = result.max_duration_s if result.max_duration_s is not None else result.ended_at - result.started_at
+        return f"cut at --max-duration ({cap:g} s) before the caller's script was done"
     return "hung up by the caller (its script done)"
 
 

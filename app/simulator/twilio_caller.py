@@ -103,6 +103,7 @@ class CallResult:
     # Stretches of uninterrupted playback, (start, end) in loop time: a reply whose audio came late (the
     # queue ran dry mid-answer) shows as two stretches with a gap between them
     playback_stretches: list[tuple[float, float]] = field(default_factory=list)
+    max_duration_s: float | None = None  # the script's cap (the caller hangs up there whatever happens)
 
 
 def new_call_sid() -> str:
@@ -395,6 +396,7 @@ class MediaStreamCall:
             max_send_lag_ms=self._max_lag_s * 1000,
             protocol_errors=self._protocol_errors,
             playback_stretches=self._playback.stretches(),
+            max_duration_s=self._script.max_duration_s,
         )
 
     def _total_slots(self) -> int:

@@ -14,8 +14,9 @@ from websockets.exceptions import ConnectionClosed
 from app.emulator.config import EmulatorConfig
 from app.emulator.said import SaidWords
 from app.emulator.server import RealtimeEmulator
-from app.simulator.cli import run_simulated_call
+from app.simulator.cli import ended, run_simulated_call, summarize
 from app.simulator.said import said_url
+from app.simulator.twilio_caller import CallResult
 from tests.support import archived, make_settings, serve
 
 WORDS = ["I would like to book a cleaning.", "Tuesday at nine works for me."]
@@ -86,3 +87,16 @@ def test_two_calls_saying_words_of_one_length_at_different_times_each_get_their_
     # The first turn's length is nearer the other's words, but only the first caller's could be over by now
     assert said.take(2.4, now=102.7) == "first caller's words"
     assert said.take(2.4, now=104.1) == "other caller's word"
+
+
+def test_a_cut_call_names_the_cap_it_was_given_even_when_the_caller_hung_up_late() -> None:
+    # A loaded machine runs the caller late: it hung up 4.6 s in, for --max-duration 4 (the CI failure: the
+    # line said "(5 s)", the measured length rounded, which is not what the user asked for).
+    result = CallResult(
+        call_sid="CA1", stream_sid="MZ1", agent_audio=b"", agent_audio_played=b"", frames_sent=200,
+        frames_expected=200, marks_acked=[], clears=0, turns=[], close_code=1000, close_reason=None,
+        hung_up_by="caller", cut_at_max_duration=True, started_at=10.0, ended_at=14.6, custom_parameters={},
+        twiml="", dtmf_sent=[], max_send_lag_ms=600.0, protocol_errors=[], max_duration_s=4.0,
+    )  # fmt: skip
+    assert ended(result) == "cut at --max-duration (4 s) before the caller's script was done"
+    assert "duration 4.60s" in summarize(result)  # what it measured is on the summary's line

@@ -17,162 +17,56 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.parse
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from openai import AsyncOpenAI
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSTransport, ws_connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
+
+from app.adapters.picows_socket import MessageSocket
 
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a whole response's audio can come as one message; none reaches this
-_TEXT = WSMsgType.TEXT
-_BINARY = WSMsgType.BINARY
-_CONTINUATION = WSMsgType.CONTINUATION
-_CLOSE = WSMsgType.CLOSE
 
 
-class RealtimeSocket(WSListener):
+class RealtimeSocket(MessageSocket):
     """One Realtime session's socket (``RealtimeUpstream``)."""
 
+    text_only = True
+
     def __init__(self) -> None:
-        self._transport: WSTransport | None = None
-        self._socket: asyncio.Transport | None = None
-        self._messages: deque[bytes] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._fragments: list[bytes] = []
-        self._fragment_type: WSMsgType | None = None
-        self._paused = False
-        self._resumed: asyncio.Future[None] | None = None
-        self._closed = False
-        self._rcvd: Close | None = None
+        super().__init__()
         self._disconnected = asyncio.get_running_loop().create_future()
-        self._failure: BaseException | None = None
-        # Set by the call: takes a message at once, in picows' callback, while the reader waits with nothing
-        # queued (so order holds); True when it was handled there, False to queue it for ``recv`` as usual.
-        self.fast: Callable[[bytes], bool] | None = None
-
-    # -- picows' callbacks ---------------------------------------------------------------------
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self._transport = transport
-        self._socket = transport.underlying_transport
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        kind = frame.msg_type
-        if kind is _TEXT and frame.fin:  # nearly every message: one whole frame
-            data = frame.get_payload_as_bytes()
-            fast = self.fast
-            waiter = self._waiter
-            if fast is not None and waiter is not None and not waiter.done() and not self._messages:
-                try:
-                    if fast(data):
-                        return
-                except Exception as exc:  # noqa: BLE001 - raised to the reader, as if it had handled it
-                    self._failure = exc
-                    data = b""
-            self._messages.append(data)
-        elif kind is _TEXT or kind is _BINARY:
-            self._fragments = [frame.get_payload_as_bytes()]
-            self._fragment_type = kind
-            return
-        elif kind is _CONTINUATION:
-            if self._fragment_type is None:
-                return
-            self._fragments.append(frame.get_payload_as_bytes())
-            if not frame.fin:
-                return
-            whole = b"".join(self._fragments)
-            is_text = self._fragment_type is _TEXT
-            self._fragments, self._fragment_type = [], None
-            if not is_text:
-                return  # the Realtime protocol is text; binary messages are not events
-            self._messages.append(whole)
-        elif kind is _CLOSE:
-            self._rcvd = Close(frame.get_close_code().value, frame.get_close_reason())
-            self._closed = True
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
-            transport.disconnect()
-        else:  # binary (one frame), pong: nothing the session uses
-            return
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._closed = True
-        for future in (self._waiter, self._resumed):
-            if future is not None and not future.done():
-                future.set_result(None)
-        self._waiter = self._resumed = None
+        super().on_ws_disconnected(transport)
         if not self._disconnected.done():
             self._disconnected.set_result(None)
 
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None and not resumed.done():
-            resumed.set_result(None)
-
-    # -- RealtimeUpstream ------------------------------------------------------------------------
-
     def _lost(self) -> ConnectionClosed:
-        return ConnectionClosed(self._rcvd, None)
+        code = self.close_code
+        return ConnectionClosed(Close(code, self.close_reason) if code is not None else None, None)
 
     async def recv(self) -> bytes:
-        messages = self._messages
-        while not messages:
-            if self._closed:
-                raise self._lost()
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            messages.clear()
-            raise failure
-        return messages.popleft()
-
-    @property
-    def writable(self) -> bool:
-        """A message sent now goes out at once (``send_now``)."""
-        socket = self._socket
-        return not self._paused and not self._closed and socket is not None and not socket.is_closing()
-
-    def send_now(self, data: bytes) -> bool:
-        """Write a message now if the socket takes it (False: it did not, nothing was sent)."""
-        transport, socket = self._transport, self._socket
-        if self._paused or self._closed or transport is None or socket is None or socket.is_closing():
-            return False
-        transport.send(_TEXT, data)
-        return True
+        message = await self._next()
+        if message is None:
+            raise self._lost()
+        return message
 
     async def send(self, data: bytes) -> None:
-        while self._paused and not self._closed:
-            if self._resumed is None:
-                self._resumed = asyncio.get_running_loop().create_future()
-            await self._resumed
-        transport, socket = self._transport, self._socket
-        if self._closed or transport is None or socket is None or socket.is_closing():
-            # (A write already failed: the loss is on its way to ``on_ws_disconnected``; nothing more goes out.)
+        await self._wait_writable()
+        if not self.send_now(data):
             raise self._lost()
-        transport.send(_TEXT, data)
 
     async def close(self) -> None:
         transport = self._transport
         if transport is None:
             return
-        if not self._closed:
-            self._closed = True
-            transport.send_close(WSCloseCode.OK)
-        transport.disconnect()  # picows flushes the close frame, then closes the socket
+        self._closed = True
+        self._send_close(1000)
+        transport.disconnect()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await asyncio.shield(self._disconnected)

@@ -17,18 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from picows import (
     WSAutoPingStrategy,
-    WSCloseCode,
-    WSFrame,
-    WSListener,
-    WSMsgType,
     WSTransport,
     WSUpgradeRequest,
     WSUpgradeResponse,
@@ -37,6 +32,7 @@ from picows import (
 from picows.picows import WSProtocol  # type: ignore[attr-defined]  # the class ws_create_server builds
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
+from app.adapters.picows_socket import MessageSocket
 from app.adapters.twilio_signatures import SETTINGS_HEADER
 
 if TYPE_CHECKING:
@@ -46,119 +42,23 @@ log = structlog.get_logger(__name__)
 
 MEDIA_PATH = b"/twilio/media"
 CLOSE_INTERNAL_ERROR = 1011
-_TEXT = WSMsgType.TEXT
-_BINARY = WSMsgType.BINARY
-_CONTINUATION = WSMsgType.CONTINUATION
-_CLOSE = WSMsgType.CLOSE
 BURST_YIELD = 8
-_DISCONNECT: dict[str, Any] = {"type": "websocket.disconnect", "code": 1006}
 
 
-class MediaSocket(WSListener):
+class MediaSocket(MessageSocket):
     """One media stream's socket, shaped as the parts of Starlette's WebSocket a ``CallSession`` uses."""
 
     def __init__(self, rt: Runtime, request: WSUpgradeRequest) -> None:
+        super().__init__()
         self.rt = rt
         self.headers: Mapping[str, str] = request.headers
-        self._limit = rt.settings.max_ws_message_bytes  # the call refuses a message past it
-        self._transport: WSTransport | None = None
-        self._socket: asyncio.Transport | None = None
-        self._messages: deque[dict[str, Any]] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._fragments: list[bytes] = []
-        self._fragment_bytes = 0
-        self._skipping = False  # the rest of a message already refused
-        self._paused = False
-        self._resumed: asyncio.Future[None] | None = None
-        self._gone = False
-        self._close_sent = False
+        self.limit = rt.settings.max_ws_message_bytes  # the call refuses a message past it, with its reason
         self._burst = 0  # messages read in a row without waiting
-        self._failure: BaseException | None = None
-        # Set by the call: takes a message at once, in picows' callback, while the call's reader waits with
-        # nothing queued (so order holds); True when it was handled there, False to queue it as usual.
-        self.fast: Callable[[bytes], bool] | None = None
         self.task: asyncio.Task[None] | None = None
 
-    # -- picows' callbacks ---------------------------------------------------------------------
-
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self._transport = transport
-        self._socket = transport.underlying_transport
+        super().on_ws_connected(transport)
         self.task = asyncio.get_running_loop().create_task(self._run(), name="media-stream")
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        kind = frame.msg_type
-        if kind is _TEXT or kind is _BINARY:
-            if frame.fin:  # every Twilio message: one whole text frame
-                # As bytes: the parser takes them (orjson refuses what is not UTF-8: a bad frame like any other)
-                data = frame.get_payload_as_bytes()
-                fast = self.fast
-                waiter = self._waiter
-                if fast is not None and waiter is not None and not waiter.done() and not self._messages:
-                    try:
-                        if fast(data):
-                            return
-                    except Exception as exc:  # noqa: BLE001 - raised to the reader, as if it had handled it
-                        self._failure = exc
-                self._push({"type": "websocket.receive", "bytes": data})
-                return
-            self._fragments = [frame.get_payload_as_bytes()]  # the first of a message's frames
-            self._fragment_bytes = frame.payload_size
-            self._skipping = False
-            self._refuse_if_too_big(fin=False)
-        elif kind is _CONTINUATION:
-            if self._skipping:
-                self._skipping = not frame.fin
-                return
-            if not self._fragments:
-                return  # no message started (picows refuses that before it gets here)
-            self._fragments.append(frame.get_payload_as_bytes())
-            self._fragment_bytes += frame.payload_size
-            if self._refuse_if_too_big(fin=frame.fin) or not frame.fin:
-                return
-            whole = b"".join(self._fragments)
-            self._fragments = []
-            self._push({"type": "websocket.receive", "bytes": whole})
-        elif kind is _CLOSE:
-            code = frame.get_close_code()
-            self._push({"type": "websocket.disconnect", "code": code.value, "reason": frame.get_close_reason()})
-            if not self._close_sent:
-                self._close_sent = True
-                transport.send_close(code, frame.get_close_message())
-            transport.disconnect()
-
-    def _refuse_if_too_big(self, *, fin: bool) -> bool:
-        """A message in fragments past the call's limit: the call refuses it as it refuses one frame that size
-        (1009, with its reason), from its first limit + 1 bytes; the rest of it is not kept."""
-        if self._fragment_bytes <= self._limit:
-            return False
-        self._push({"type": "websocket.receive", "bytes": b"".join(self._fragments)[: self._limit + 1]})
-        self._fragments, self._skipping = [], not fin
-        return True
-
-    def _push(self, message: dict[str, Any]) -> None:
-        self._messages.append(message)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._gone = True
-        self._push(_DISCONNECT)
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None and not resumed.done():
-            resumed.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        resumed, self._resumed = self._resumed, None
-        if resumed is not None and not resumed.done():
-            resumed.set_result(None)
 
     # -- what CallSession calls ------------------------------------------------------------------
 
@@ -166,12 +66,7 @@ class MediaSocket(WSListener):
         """Accepted in the handshake already."""
 
     async def receive(self) -> dict[str, Any]:
-        messages = self._messages
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            messages.clear()
-            raise failure
-        if messages:
+        if self._messages:
             # A burst (frames that queued while the loop was busy, or a client sending faster than real
             # time) is read without waiting; every BURST_YIELD messages the other calls get their turn,
             # and so do this call's own events (a lost upstream session heard before more audio goes to it).
@@ -179,14 +74,13 @@ class MediaSocket(WSListener):
             if self._burst >= BURST_YIELD:
                 self._burst = 0
                 await asyncio.sleep(0)
-            return messages.popleft()
-        self._burst = 0
-        while not messages:
-            if self._gone:
-                return _DISCONNECT
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        return messages.popleft()
+        else:
+            self._burst = 0
+        # As bytes: the parser takes them (orjson refuses what is not UTF-8: a bad frame like any other).
+        message = await self._next()
+        if message is None:
+            return {"type": "websocket.disconnect", "code": self.close_code or 1006, "reason": self.close_reason}
+        return {"type": "websocket.receive", "bytes": message}
 
     _receive = receive  # the pump reads the raw receive where there is one
 
@@ -194,41 +88,12 @@ class MediaSocket(WSListener):
         await self.send_bytes(data)  # type: ignore[arg-type]  # picows encodes a str as UTF-8
 
     async def send_bytes(self, data: bytes) -> None:
-        while self._paused and not self._gone:
-            if self._resumed is None:
-                self._resumed = asyncio.get_running_loop().create_future()
-            await self._resumed
-        transport, socket = self._transport, self._socket
-        if self._gone or self._close_sent or transport is None or socket is None or socket.is_closing():
+        await self._wait_writable()
+        if not self.send_now(data):
             raise RuntimeError("the media stream is closed")  # as Starlette's WebSocket raises
-        transport.send(_TEXT, data)
-
-    @property
-    def writable(self) -> bool:
-        """A message sent now goes out at once (``send_now``)."""
-        socket = self._socket
-        return not (self._paused or self._gone or self._close_sent or socket is None or socket.is_closing())
-
-    def send_now(self, data: bytes | str) -> bool:
-        """Write a message now if the socket takes it (False: it did not, nothing was sent)."""
-        transport, socket = self._transport, self._socket
-        if self._paused or self._gone or self._close_sent or transport is None or socket is None:
-            return False
-        if socket.is_closing():
-            return False
-        transport.send(_TEXT, data)
-        return True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self._send_close(code, reason)
-
-    def _send_close(self, code: int, reason: str) -> None:
-        transport = self._transport
-        if transport is None or self._close_sent or self._gone:
-            return
-        self._close_sent = True
-        transport.send_close(WSCloseCode(code), reason.encode()[:123])
-        transport.disconnect()  # flushes the close frame first
 
     async def _run(self) -> None:
         from app.calls.media import CallSession
@@ -239,8 +104,7 @@ class MediaSocket(WSListener):
             log.exception("call.stream_failed")
             self._send_close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
-            if not self._gone and self._transport is not None:
-                self._send_close(1000, "")
+            self._send_close(1000)
 
 
 def media_listener(rt: Runtime, request: WSUpgradeRequest) -> Any:

@@ -145,10 +145,13 @@ class MessageSocket(WSListener):
         socket = self._socket
         return not (self._paused or self._closed or self._close_sent or socket is None or socket.is_closing())
 
-    def send_now(self, data: bytes | str) -> bool:
-        """Write a text message now if the socket takes it (False: it did not, nothing was sent)."""
+    def send_now(self, data: bytes | str, *, paused_ok: bool = False) -> bool:
+        """Write a text message now if the socket takes it (False: it did not, nothing was sent).
+
+        ``paused_ok``: write it even though the transport paused writing (it buffers it): for the rest of
+        what one message handled at once sends, when the socket was ``writable`` as it began."""
         transport, socket = self._transport, self._socket
-        if self._paused or self._closed or self._close_sent or transport is None or socket is None:
+        if (self._paused and not paused_ok) or self._closed or self._close_sent or transport is None or socket is None:
             return False
         if socket.is_closing():  # a write already failed: the loss is on its way to on_ws_disconnected
             return False

@@ -715,7 +715,9 @@ class CallSession:
             for command in handle(ev, now_ms()):
                 kind = type(command)
                 if kind is SendToTwilio:
-                    if not self._closed and not send_now(command.text):
+                    # Writable as this began: what the delta makes goes out whole, even if its first message
+                    # filled the transport's buffer (a pause bounds the next message, not this one's rest).
+                    if not self._closed and not send_now(command.text, paused_ok=True):
                         self._closed = True  # the caller's side went away mid-send; its pump sees it
                 elif kind is RecordCallEvent:
                     on_call_event(command)

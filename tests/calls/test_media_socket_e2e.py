@@ -4,6 +4,8 @@ call either way, through the real server's one port; every other WebSocket stays
 from __future__ import annotations
 
 import asyncio
+import base64
+import socket
 from pathlib import Path
 
 import orjson
@@ -23,6 +25,7 @@ from tests.support import (
     serve_asgi,
     sign,
     tone_frames,
+    until,
     upstream_closed,
 )
 
@@ -116,3 +119,60 @@ async def test_a_message_in_fragments_is_read_whole_and_one_past_the_limit_close
         await upstream_closed(session)
     assert first["event"] == "media" and first["streamSid"] == "MZ" + sid[2:]  # the call started: the greeting
     assert (code, reason) == (1009, f"frame larger than {settings.max_ws_message_bytes} bytes")
+
+
+async def test_a_caller_that_reads_slowly_gets_the_whole_reply_once_it_reads_again(
+    tmp_path: Path, emulator: RealtimeEmulator
+) -> None:
+    # Real backpressure on the media stream: small kernel buffers both ends, a 1-byte write buffer mark on the node,
+    # and a caller that stops reading. The node's transport pauses writing mid-reply (often in the middle of
+    # what one agent delta makes: a media message and its mark); once the caller reads again, every byte of
+    # the greeting arrives. (A pause taken for a closed stream stopped the rest of the reply.)
+    emulator.config.pacing_speed = 10.0  # deltas 10 ms apart: each is handled as it comes
+    settings = make_settings(tmp_path, realtime_url=emulator.url, audio_format="pcmu")
+    app = create_app(settings)
+    async with serve_asgi(app) as base:
+        sid, token = await open_call(base, 3)
+        rt: Runtime = app.state.runtime
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(
+            raw, (base.split("//")[1].split(":")[0], int(base.rsplit(":", 1)[1]))
+        )
+        url = base.replace("http://", "ws://") + "/twilio/media"
+        headers = {"X-Twilio-Signature": sign(MEDIA_URL)}
+        async with websockets.connect(url, sock=raw, additional_headers=headers, max_queue=1) as ws:
+            stream = TwilioStream(ws, sid, "MZ" + sid[2:])
+            stream._reader.cancel()  # this caller reads when the test says so
+            await stream.start(token)
+            server_socket = await until(lambda: _media_socket(rt), "the node's media socket")
+            transport = server_socket._socket
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2048)
+            transport.set_write_buffer_limits(high=1)  # paused by any byte the kernel did not take
+            session = await emulator.wait_for_session(0)
+            await until(lambda: _paused(server_socket), "the node's transport to pause writing")
+            received = b""
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:  # read again: the rest of the greeting (its end is known once the emulator sent it all)
+                sent = sum(e.get("delta_bytes", 0) for e in session.sent if e["type"] == "response.output_audio.delta")
+                if any(e["type"] == "response.done" for e in session.sent) and len(received) >= sent:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, f"{len(received)} of {sent} bytes"
+                try:
+                    message = orjson.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                except TimeoutError:
+                    continue  # nothing more yet: look at what the emulator has sent since
+                if message["event"] == "media":
+                    received += base64.b64decode(message["media"]["payload"])
+            await stream.stop()
+    assert len(received) == sent > 20_000  # seconds of audio, every byte of it
+
+
+async def _media_socket(rt: Runtime) -> MediaSocket | None:
+    sockets = [s.ws for s in rt.sessions.values()]  # type: ignore[attr-defined]
+    return sockets[0] if sockets and isinstance(sockets[0], MediaSocket) else None
+
+
+async def _paused(sock: MediaSocket) -> bool:
+    return sock._paused

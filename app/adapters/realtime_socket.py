@@ -15,6 +15,7 @@ connection did, so the call's code reads the loss the same way from either adapt
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import urllib.parse
 from typing import Any
@@ -90,11 +91,18 @@ def session_address(client: AsyncOpenAI, query: dict[str, str]) -> tuple[str, di
     return url, headers
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every session: making one loads the CA bundle (tens of ms of CPU on the
+    event loop), which asyncio would otherwise do again for each call's session."""
+    return ssl.create_default_context()
+
+
 async def open_realtime_socket(client: AsyncOpenAI, query: dict[str, str]) -> RealtimeSocket:
     url, headers = session_address(client, query)
     kwargs: dict[str, Any] = {}
     if url.startswith("wss:"):
-        kwargs["ssl_context"] = ssl.create_default_context()
+        kwargs["ssl_context"] = tls_context()
     _, listener = await ws_connect(
         RealtimeSocket,
         url,

@@ -4,6 +4,7 @@ client's address and headers, and the real openai SDK's own connection."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import orjson
 import pytest
@@ -11,7 +12,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from app.adapters.openai_realtime import OpenAIRealtimeUpstream, RealtimeConnector, RealtimeSocketKind
-from app.adapters.realtime_socket import RealtimeSocket
+from app.adapters.realtime_socket import RealtimeSocket, tls_context
 from app.core.realtime_events import audio_append
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
@@ -122,3 +123,10 @@ async def test_the_picows_socket_opens_where_the_sdk_would_and_reads_the_session
     assert lost.value.rcvd.reason == "upstream hiccup"
     with pytest.raises(ConnectionClosed):
         await upstream.send(b"{}")  # a closed session takes nothing more
+
+
+def test_every_session_shares_one_verifying_tls_context() -> None:
+    # Made once (it loads the CA bundle, tens of ms on the event loop), and it checks the service's certificate.
+    context = tls_context()
+    assert tls_context() is context
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname

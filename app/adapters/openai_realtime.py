@@ -1,4 +1,5 @@
-"""The OpenAI Realtime adapter: the openai SDK's websocket, used raw (recv_bytes / send_raw).
+"""The OpenAI Realtime adapter: a session on picows (``app.adapters.realtime_socket``, the default) or on the
+openai SDK's own websocket, used raw (recv_bytes / send_raw; ``REALTIME_SOCKET=sdk``).
 
 The SDK's own reconnect (``on_reconnecting``) is deliberately not used: it would open a fresh
 server session with default config and no history. Reconnection is ours (see the resilience issue).

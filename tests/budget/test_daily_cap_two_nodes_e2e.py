@@ -212,7 +212,13 @@ async def test_ten_calls_on_two_nodes_keep_the_day_within_its_cap(
     records = await enforcements(postgres_url)
     ours = [r for r in records if r.call_sid in set(sids) | {call_sid(n0 + 100 + k) for k in range(2)}]
     wrap_ups = [r for r in ours if r.action == "wrap_up"]
-    assert {r.call_sid for r in wrap_ups} == set(wrapped)
+    # Every call asked for its closing line has its wrap-up on record, once. A call may also be wrapped up
+    # in the moment its caller, done with all they wanted to say, hangs up: the closing line waits for the
+    # answer still streaming, and the call ends before the request reaches the Realtime session. Its
+    # wrap-up is on record too: the day reached its cap while the call was live.
+    recorded = {r.call_sid for r in wrap_ups}
+    assert len(wrap_ups) == len(recorded) and set(wrapped) <= recorded
+    assert all(taken[sid] == WANTED_TURNS for sid in recorded - set(wrapped)), (recorded - set(wrapped), taken)
     assert all(r.cap == "per_day" and r.limit_micros == CAP and "closing lines" in r.reason for r in wrap_ups)
     refusals = [r for r in ours if r.action == "refuse_call"]
     assert len(refusals) == 2 and all(r.cap == "per_day" for r in refusals)

@@ -35,6 +35,7 @@ from app.calls.tools import ToolRegistry, load_tool_modules
 from app.calls.web import router as web_router
 from app.calls.webhooks import router as webhooks_router
 from app.console.router import router as console_router
+from app.core import resample
 from app.core.bridge import BridgeConfig
 from app.core.cascade_call import CascadeConfig
 from app.core.realtime_events import SessionSettings, TranscriptionSettings
@@ -222,6 +223,8 @@ def create_app(
             realtime=settings.openai_realtime_url,
             carrier=settings.twilio_api_base_url,  # where call requests go: Twilio's REST API, or a stand-in
             audio_format=settings.audio_format,
+            # pcm24k resampling: soxr, or the FIR on its C kernel (numpy where the install could not build it)
+            resampler=settings.resampler if settings.resampler != "fir" else f"fir ({resample.KERNEL})",
         )
         try:
             yield

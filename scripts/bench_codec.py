@@ -36,7 +36,7 @@ from bench_common import format_table, machine_info, percentile
 from app.core import realtime_events as rt
 from app.core.audio import AgentAudioPath, CallerAudioPath, mulaw_to_pcm16
 from app.core.bridge import BridgeConfig, CallBridge, UpstreamReady
-from app.core.resample import upsample_once
+from app.core.resample import KERNEL, KERNELS, upsample_once
 from app.core.tools import BUILTIN_TOOLS, greeting_instructions
 from app.core.twilio_media import MediaReceived, StreamStarted, parse_twilio_message
 from app.simulator.audio import synth_speech_mulaw
@@ -114,9 +114,9 @@ def build_cases(frames_mulaw: list[bytes], deltas_pcm24: list[bytes], deltas_mul
     media_events = [MediaReceived(f) for f in frames_mulaw]
     per_delta = DELTA_MS / 20
 
-    def caller(fmt: str, resampler: str = "fir") -> Callable[[], Callable[[int], Any]]:
+    def caller(fmt: str, resampler: str = "fir", kernel: str = KERNEL) -> Callable[[], Callable[[int], Any]]:
         def make() -> Callable[[int], Any]:
-            convert = CallerAudioPath(fmt, resampler=resampler).convert  # type: ignore[arg-type]
+            convert = CallerAudioPath(fmt, resampler=resampler, kernel=kernel).convert  # type: ignore[arg-type]
             return lambda i: convert(frames_mulaw[i % nf])
 
         return make
@@ -133,9 +133,9 @@ def build_cases(frames_mulaw: list[bytes], deltas_pcm24: list[bytes], deltas_mul
 
         return fn
 
-    def agent(fmt: str, resampler: str = "fir") -> Callable[[], Callable[[int], Any]]:
+    def agent(fmt: str, resampler: str = "fir", kernel: str = KERNEL) -> Callable[[], Callable[[int], Any]]:
         def make() -> Callable[[int], Any]:
-            convert = AgentAudioPath(fmt, resampler=resampler).convert  # type: ignore[arg-type]
+            convert = AgentAudioPath(fmt, resampler=resampler, kernel=kernel).convert  # type: ignore[arg-type]
             src = deltas_pcm24 if fmt == "pcm24k" else deltas_mulaw
             return lambda i: convert(src[i % nd])
 
@@ -188,14 +188,17 @@ def build_cases(frames_mulaw: list[bytes], deltas_pcm24: list[bytes], deltas_mul
         ),
         Case("  json: orjson.loads (media msg)", 1, lambda: lambda i: orjson.loads(media_json[i % nf])),
         Case("  json: json.loads (media msg)", 1, lambda: lambda i: json.loads(media_json[i % nf])),
-        Case("caller: CallerAudioPath(pcm24k).convert (fir)", 1, caller("pcm24k")),
+        *(Case(f"caller: CallerAudioPath(pcm24k).convert (fir, {k})", 1, caller("pcm24k", "fir", k)) for k in KERNELS),
         Case("caller: CallerAudioPath(pcm24k).convert (soxr HQ)", 1, caller("pcm24k", "soxr")),
         Case("caller: CallerAudioPath(pcmu).convert", 1, caller("pcmu")),
         Case("caller: stateless soxr.resample 8k->24k (no ulaw)", 1, stateless),
         Case("caller: ulaw2lin + stateless soxr.resample", 1, stateless_full),
         Case("append: audio_append(960 B pcm24k)", 1, lambda: lambda i: rt.audio_append(pcm24_frames[i % 64])),
         Case("append: audio_append(160 B pcmu)", 1, lambda: lambda i: rt.audio_append(frames_mulaw[i % nf])),
-        Case("agent: AgentAudioPath(pcm24k).convert 100ms (fir)", per_delta, agent("pcm24k")),
+        *(
+            Case(f"agent: AgentAudioPath(pcm24k).convert 100ms (fir, {k})", per_delta, agent("pcm24k", "fir", k))
+            for k in KERNELS
+        ),
         Case("agent: AgentAudioPath(pcm24k).convert 100ms (soxr HQ)", per_delta, agent("pcm24k", "soxr")),
         Case("agent: AgentAudioPath(pcmu).convert 100ms", per_delta, agent("pcmu")),
         Case(

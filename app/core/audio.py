@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import soxr
 
-from app.core.resample import Downsampler, Upsampler
+from app.core.resample import KERNEL, Downsampler, Kernel, Upsampler
 
 AudioFormat = Literal["pcm24k", "pcmu"]
 Resampler = Literal["fir", "soxr"]
@@ -58,8 +58,9 @@ class CallerAudioPath:
         audio_format: AudioFormat,
         quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY,
         resampler: Resampler = DEFAULT_RESAMPLER,
+        kernel: Kernel = KERNEL,
     ) -> None:
-        self._fir = Upsampler() if audio_format == "pcm24k" and resampler == "fir" else None
+        self._fir = Upsampler(kernel=kernel) if audio_format == "pcm24k" and resampler == "fir" else None
         self._stream = _soxr_stream(audio_format, resampler, quality, TWILIO_RATE, REALTIME_PCM_RATE)
         self.samples_in = 0
         self.samples_out = 0
@@ -81,7 +82,7 @@ class CallerAudioPath:
         self.samples_in += len(mulaw)
         fir = self._fir
         if fir is not None:
-            data: bytes = fir.process(np.frombuffer(audioop.ulaw2lin(mulaw, 2), dtype=np.int16)).tobytes()
+            data = fir.pcm(audioop.ulaw2lin(mulaw, 2))
             self.samples_out += len(data) >> 1
             return data
         if self._stream is None:
@@ -90,8 +91,8 @@ class CallerAudioPath:
         pcm8 = np.frombuffer(audioop.ulaw2lin(mulaw, 2), dtype=np.int16)
         out = self._stream.resample_chunk(pcm8)
         self.samples_out += len(out)
-        data = out.tobytes()
-        return data
+        resampled: bytes = out.tobytes()
+        return resampled
 
 
 class AgentAudioPath:
@@ -104,8 +105,9 @@ class AgentAudioPath:
         audio_format: AudioFormat,
         quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY,
         resampler: Resampler = DEFAULT_RESAMPLER,
+        kernel: Kernel = KERNEL,
     ) -> None:
-        self._fir = Downsampler() if audio_format == "pcm24k" and resampler == "fir" else None
+        self._fir = Downsampler(kernel=kernel) if audio_format == "pcm24k" and resampler == "fir" else None
         self._stream = _soxr_stream(audio_format, resampler, quality, REALTIME_PCM_RATE, TWILIO_RATE)
         self._samples_in = 0
         self._samples_out = 0
@@ -122,10 +124,13 @@ class AgentAudioPath:
             # Keep the stray byte for the next delta; dropping it would misalign every sample after it.
             audio, self._odd = audio[:-1], audio[-1:]
         self._samples_in += len(audio) // 2
-        samples = np.frombuffer(audio, dtype=np.int16)
-        pcm8 = fir.process(samples) if fir is not None else self._stream.resample_chunk(samples)  # type: ignore[union-attr]
-        self._samples_out += len(pcm8)
-        return audioop.lin2ulaw(pcm8.tobytes(), 2)
+        if fir is not None:
+            pcm8 = fir.pcm(audio)
+            self._samples_out += len(pcm8) >> 1
+            return audioop.lin2ulaw(pcm8, 2)
+        out = self._stream.resample_chunk(np.frombuffer(audio, dtype=np.int16))  # type: ignore[union-attr]
+        self._samples_out += len(out)
+        return audioop.lin2ulaw(out.tobytes(), 2)
 
     def drain(self) -> bytes:
         """The tail the filter still holds (the end of a response), pushed out with silence.

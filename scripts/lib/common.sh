@@ -75,13 +75,14 @@ _sb_ensure_venv_locked() {
         rm -rf "$SB_VENV"
         _sb_create_venv
     fi
-    # The stamp holds pyproject.toml's hash and what was installed: "dev" (the
-    # server and the test tools) covers "runtime" (the server alone).
+    # The stamp holds the hash of pyproject.toml and of the C kernel's source
+    # (the install compiles it) and what was installed: "dev" (the server and
+    # the test tools) covers "runtime" (the server alone).
     local want have="" have_flavour=""
-    want="$(sb_sha256 "$SB_ROOT/pyproject.toml")"
+    want="$(sb_sha256 "$SB_ROOT/pyproject.toml")-$(sb_sha256 "$SB_ROOT/app/core/_fir.c")"
     [ -f "$SB_STAMP" ] && read -r have have_flavour <"$SB_STAMP"
     if [ "$want" = "$have" ] && { [ "$have_flavour" = dev ] || [ "$have_flavour" = "$flavour" ]; }; then
-        sb_say "installing: .venv up to date (pyproject.toml unchanged)"
+        sb_say "installing: .venv up to date (pyproject.toml and the C kernel unchanged)"
         return 0
     fi
     sb_say "installing: pip install -e '.$extras'"

@@ -123,7 +123,7 @@ def test_a_reset_forgets_the_previous_response(kernel: Kernel) -> None:
 
 def test_this_install_runs_the_c_kernel() -> None:
     # The install builds app/core/_fir.c wherever a C compiler is found, as on every machine this suite
-    # runs on: a silent fall back to numpy would cost the node a third of its pcm24k CPU (docs/PERFORMANCE.md).
+    # runs on: a silent fall back to numpy would cost the node some 40% more CPU at pcm24k (docs/PERFORMANCE.md).
     assert resample.KERNEL == "c" and KERNELS == ("c", "numpy")
 
 

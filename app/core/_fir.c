@@ -49,11 +49,26 @@ static inline int16_t to_int16(float v) {
     return (int16_t)lrintf(v);
 }
 
-static int writable_state(PyObject *obj, Py_buffer *view, Py_ssize_t size, const char *what) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return -1;
-    if (view->len != size) {
-        PyErr_Format(PyExc_ValueError, "%s state must be %zd bytes, not %zd", what, size, view->len);
-        PyBuffer_Release(view);
+/* The two arguments of up() and down(): the stream's state (writable, exactly state_size bytes) and its input.
+ * On success both buffers are held and must be released; on failure none is, and an exception is set. */
+static int open_args(PyObject *const *args, Py_ssize_t nargs, const char *usage, Py_ssize_t state_size,
+                     Py_buffer *st, Py_buffer *in) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    if (!have_taps) {
+        PyErr_SetString(PyExc_RuntimeError, "set_taps() first");
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[0], st, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (st->len != state_size) {
+        PyErr_Format(PyExc_ValueError, "%s: the state must be %zd bytes, not %zd", usage, state_size, st->len);
+        PyBuffer_Release(st);
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[1], in, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(st);
         return -1;
     }
     return 0;
@@ -83,20 +98,8 @@ static PyObject *set_taps(PyObject *self, PyObject *const *args, Py_ssize_t narg
 }
 
 static PyObject *up(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "up(state, pcm8)");
-        return NULL;
-    }
-    if (!have_taps) {
-        PyErr_SetString(PyExc_RuntimeError, "set_taps() first");
-        return NULL;
-    }
     Py_buffer st, in;
-    if (writable_state(args[0], &st, UP_HIST * sizeof(float), "up") < 0) return NULL;
-    if (PyObject_GetBuffer(args[1], &in, PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&st);
-        return NULL;
-    }
+    if (open_args(args, nargs, "up(state, pcm8)", UP_HIST * sizeof(float), &st, &in) < 0) return NULL;
     Py_ssize_t n = in.len / 2;
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * RATIO * 2);
     if (out == NULL) goto done;
@@ -139,20 +142,8 @@ done:
 }
 
 static PyObject *down(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "down(state, pcm24)");
-        return NULL;
-    }
-    if (!have_taps) {
-        PyErr_SetString(PyExc_RuntimeError, "set_taps() first");
-        return NULL;
-    }
     Py_buffer st, in;
-    if (writable_state(args[0], &st, sizeof(struct down_state), "down") < 0) return NULL;
-    if (PyObject_GetBuffer(args[1], &in, PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&st);
-        return NULL;
-    }
+    if (open_args(args, nargs, "down(state, pcm24)", sizeof(struct down_state), &st, &in) < 0) return NULL;
     struct down_state *s = (struct down_state *)st.buf;
     PyObject *out = NULL;
     if (s->count < DOWN_HIST || s->count > DOWN_HIST + RATIO - 1 || s->skip < 0) {

@@ -155,11 +155,13 @@ def test_the_c_kernel_gives_what_numpy_gives_to_the_rounding() -> None:
 def test_the_c_kernel_refuses_a_state_that_is_not_its_own() -> None:
     from app.core import _fir
 
-    with pytest.raises(ValueError, match="state must be"):
+    with pytest.raises(ValueError, match="the state must be"):
         _fir.up(bytearray(8), b"\x00\x00")
-    with pytest.raises(ValueError, match="state must be"):
+    with pytest.raises(ValueError, match="the state must be"):
         _fir.down(bytearray(_fir.DOWN_STATE + 4), b"\x00\x00")
     with pytest.raises(ValueError, match="not a down state"):
         _fir.down(bytearray(_fir.DOWN_STATE), b"\x00\x00")  # count 0: never made by Downsampler
+    with pytest.raises(TypeError, match=r"up\(state, pcm8\)"):
+        _fir.up(bytearray(_fir.UP_STATE))  # type: ignore[call-arg]
     with pytest.raises(BufferError):
         _fir.up(bytes(_fir.UP_STATE), b"\x00\x00")  # read-only state

@@ -128,18 +128,18 @@ class Downsampler:
     remainder (0-2 samples) kept for the next call. The filter's lead-in (its group delay) is trimmed off
     the start and :meth:`flush` gives the tail, so N input samples come out as N // 3, aligned in time."""
 
-    __slots__ = ("_buf", "_kernel", "_skip", "_state")
+    __slots__ = ("_buf", "_skip", "_state")
 
     delay = GROUP_DELAY // RATIO  # output samples trimmed off the start (15 at 8 kHz)
 
     def __init__(self, kernel: Kernel = KERNEL) -> None:
         if kernel == "c" and _C is None:
             raise ValueError("the C kernel was not built in this install")
-        self._kernel = kernel
-        self._state: bytearray | None = None
+        self._state = bytearray(_C.DOWN_STATE) if kernel == "c" and _C is not None else None
         self._buf = np.zeros(TAPS - 1, dtype=np.float32)
         self._skip: int = self.delay
-        self.reset()
+        if self._state is not None:
+            self.reset()  # the C state's header: its history and its lead-in
 
     def pcm(self, data: bytes) -> bytes:
         """Native int16 samples at 24 kHz in, a third as many at 8 kHz out: the per-delta path."""
@@ -182,13 +182,15 @@ class Downsampler:
         return tail[: self.delay]
 
     def reset(self) -> None:
-        self._buf = np.zeros(TAPS - 1, dtype=np.float32)
-        self._skip = self.delay
-        if self._kernel == "c" and _C is not None:
+        state = self._state
+        if state is not None:
             # struct down_state: 94 float32 (the last inputs), then int32 count (92: the history, all
             # zero) and int32 skip (the lead-in still to trim)
-            self._state = bytearray(_C.DOWN_STATE)
-            struct.pack_into("ii", self._state, _C.DOWN_STATE - 8, TAPS - 1, self.delay)
+            state[:] = bytes(len(state))
+            struct.pack_into("ii", state, len(state) - 8, TAPS - 1, self.delay)
+            return
+        self._buf = np.zeros(TAPS - 1, dtype=np.float32)
+        self._skip = self.delay
 
 
 def upsample_once(x: np.ndarray) -> np.ndarray:

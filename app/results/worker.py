@@ -105,11 +105,32 @@ class PostCallWorker:
         self._wake.set()
 
     async def aclose(self) -> None:
+        held = list(self._tasks)
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._hand_back(held)
         await self.http.aclose()
         await self.chat.close()
+
+    async def _hand_back(self, held: list[tuple[str, int]]) -> None:
+        """What this node stopped in the middle of is due again at once, for any node: not left leased (a job
+        for JOB_LEASE_S) to a node that is gone. What finished as it was stopped keeps its state."""
+        if not held:
+            return
+        now = self.clock()
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                for table, kind, busy in ((PostCallJob, "job", "running"), (WebhookDelivery, "delivery", "sending")):
+                    ids = [ident for k, ident in held if k == kind]
+                    if ids:
+                        await session.execute(
+                            update(table)
+                            .where(table.id.in_(ids), table.status == busy)
+                            .values(status="pending", next_at=now, lease_until=None)
+                        )
+        except Exception:  # the database away: their leases lapse, and any node claims them then
+            log.exception("post_call.hand_back_failed", held=len(held))
 
     async def run_forever(self) -> None:
         while True:

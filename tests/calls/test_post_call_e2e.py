@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +28,7 @@ from app.emulator.cascade import CascadeStages
 from app.emulator.config import EmulatorConfig
 from app.emulator.server import RealtimeEmulator
 from app.results.extraction import DEFAULT_SCHEMA
+from app.results.models import PostCallJob
 from app.results.signing import HEADER, verify
 from tests.support import key_for, make_settings, one_turn_call, serve, serve_asgi
 
@@ -173,3 +176,31 @@ async def test_a_job_whose_model_is_away_is_retried_and_survives_a_restart(tmp_p
     assert done["results_status"] == "done" and done["extraction"]["sentiment"] == "upset"
     assert len(stages.chats) == 1  # asked once on the new server
     assert len(receiver.requests) == 1
+
+
+async def test_a_node_stopped_mid_job_hands_the_job_back_at_once(tmp_path: Path) -> None:
+    # The chat model holds the job's request until the node has stopped: the node was in the middle of it.
+    config = EmulatorConfig(tts="synthetic", transcripts=["I am upset about my bill"])
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: Request) -> Response:
+        arrived.set()
+        await release.wait()
+        return JSONResponse({"error": {"message": "too late"}}, status_code=500)
+
+    async with serve_asgi(Starlette(routes=[Route("/v1/chat/completions", held, methods=["POST"])])) as model:
+        try:
+            async with (
+                serve_asgi(app_of("/hook", Receiver())) as crm,
+                rig(tmp_path, config, crm, chat_base_url=f"{model}/v1") as (base, settings, emulator, _),
+            ):
+                await one_turn_call(base, emulator, 2)
+                await asyncio.wait_for(arrived.wait(), 20)
+        finally:
+            release.set()
+    engine = create_async_engine(settings.effective_database_url)
+    async with engine.connect() as conn:
+        jobs = (await conn.execute(select(PostCallJob.status, PostCallJob.lease_until, PostCallJob.attempts))).all()
+    await engine.dispose()
+    # Due again for any node, not leased for minutes to the one that stopped.
+    assert [tuple(job) for job in jobs] == [("pending", None, 1)]

@@ -1,5 +1,5 @@
 """A stop stops the spending, whatever the carrier does: a per-call cap on a call whose agent keeps
-answering and whose carrier never ends the media stream (nor acts on the REST hang-up)."""
+talking and whose carrier never ends the media stream (nor acts on the REST hang-up)."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ pytestmark = pytest.mark.asyncio
 CAP_USD = 0.01
 
 
-async def keep_talking(tw: TwilioStream, *, once: bool = False) -> int:
+async def keep_talking(tw: TwilioStream, *, once: bool = False, silent: bool = False) -> int:
     """A carrier that never ends the stream: the caller's audio on its 20 ms clock, speech then
-    silence (again and again, or ``once`` and then silence), until the server closes the socket.
-    Returns the frames sent."""
+    silence (again and again, or ``once`` and then silence, or ``silent`` throughout), until the server
+    closes the socket. Returns the frames sent."""
     loop = asyncio.get_running_loop()
-    frames = speech_frames(1.0) + [SILENCE] * 40
+    frames = [SILENCE] if silent else speech_frames(1.0) + [SILENCE] * 40
     sent = 0
     start = loop.time()
     with contextlib.suppress(Exception):
@@ -56,7 +56,12 @@ async def keep_talking(tw: TwilioStream, *, once: bool = False) -> int:
 async def test_a_hard_stop_closes_the_realtime_session_and_the_stream_though_the_carrier_never_hangs_up(
     tmp_path: Path, redis_url: str
 ) -> None:
-    config = EmulatorConfig(tts="synthetic", transcripts=["Tell me everything."], reply_text=lambda _: LONG_REPLY)
+    # The agent opens with a long greeting (about 4.9 s of streaming) to a caller who never speaks: the
+    # first meter tick (its telephony minute) starts the wrap-up, whose closing line waits behind the
+    # greeting, and the next tick's estimate of the greeting's audio passes the 10% runaway margin.
+    # Nothing the caller does can cut the agent short (a caller speaking over the closing line once let the
+    # wrap-up's own hang-up come first: CI, 2026-12-07), so it is the hard stop that ends the call.
+    config = EmulatorConfig(tts="synthetic", greeting_text=LONG_REPLY, reply_text=lambda _: LONG_REPLY)
     async with RealtimeEmulator(config) as emulator, respx.mock(assert_all_called=False) as mock:
         mock.route(host="127.0.0.1").pass_through()
         hang_ups = mock.post(url__regex=rf"{TWILIO_API}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/CA\w+\.json").mock(
@@ -69,7 +74,7 @@ async def test_a_hard_stop_closes_the_realtime_session_and_the_stream_though_the
             sid, token = await open_call(base, uuid.uuid4().int % (1 << 90))
             async with TwilioStream.open(base, call_sid=sid, token=token, auto_ack=True) as tw:
                 session = await emulator.wait_for_session(0)
-                frames_sent = await asyncio.wait_for(keep_talking(tw), 120)  # until the server closes it
+                frames_sent = await asyncio.wait_for(keep_talking(tw, silent=True), 120)  # until closed
                 await upstream_closed(session)
             record = await archived(base, settings, sid)
             resume = await post_webhook(base, "/twilio/resume", {"CallSid": sid})

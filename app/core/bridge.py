@@ -114,7 +114,7 @@ class BridgeConfig:
     history_items: int = 40  # restored as conversation items; older turns are summarised in instructions
     summary_chars: int = 4000
     session_confirm_ms: int = 2000  # a session that has not confirmed our session.update by then is replaced
-    end_action_grace_ms: int = 15_000  # hang up/transfer even if Twilio never echoes the last mark
+    end_action_grace_ms: int = 15_000  # hang up/transfer even if no last mark comes back or the caller never stops
     handoff_instructions: str = HANDOFF_INSTRUCTIONS
     resampler: Resampler = DEFAULT_RESAMPLER
     resample_quality: ResampleQuality = DEFAULT_RESAMPLE_QUALITY
@@ -798,12 +798,14 @@ class CallBridge(AudioCounters):
             self._end_call_id = None
 
     def _maybe_end(self, now_ms: int, out: list[Command]) -> None:
-        """Fire a pending hang-up/transfer once the agent's last words have played."""
+        """Fire a pending hang-up/transfer once the agent's last words have played and the caller is not
+        mid-sentence (as the cascaded engine does), or at the deadline whatever is going on."""
         action = self._end_action
         if action is None:
             return
         settled = (
-            self._server_response is None
+            not self.caller_speaking
+            and self._server_response is None
             and self._create_inflight is None
             and not self._queued_creates
             and not self.playback.unplayed

@@ -181,6 +181,7 @@ def test_marks_echoed_after_a_clear_do_not_corrupt_the_next_response() -> None:
     bridge.handle(rt.SpeechStarted(0, "u1"), 20)  # clear: Twilio will echo every pending mark
     assert not bridge.playback.unplayed
     bridge.handle(rt.ResponseDone("resp_greet", "cancelled"), 21)
+    bridge.handle(rt.SpeechStopped(400, "u1"), 25)
     bridge.handle(rt.ResponseCreated("resp_2"), 30)
     second = twilio(deliver_audio(bridge, "resp_2", "item_b", 800, 31))
     bridge.handle(rt.AudioDone("resp_2", "item_b"), 32)
@@ -431,7 +432,37 @@ def test_a_wrap_up_asks_for_a_closing_line_then_hangs_up_even_if_the_caller_talk
     assert of(bridge.handle(rt.SpeechStarted(0, "u1"), 13), HangUp) == []  # barge-in cuts the line...
     done = bridge.handle(rt.ResponseDone("resp_bye", "cancelled"), 14)
     done += [c for m in msgs if m["event"] == "mark" for c in bridge.handle(MarkAcknowledged(m["mark"]["name"]), 20)]
-    assert [h.reason for h in of(done, HangUp)] == ["per-call cap"]  # ...but the budget still ends the call
+    done += bridge.handle(Tick(), 900)
+    assert of(done, HangUp) == []  # ...the caller is not cut off mid-sentence...
+    ended = bridge.handle(rt.SpeechStopped(800, "u1"), 950) + bridge.handle(Tick(), 1000)
+    assert [h.reason for h in of(ended, HangUp)] == ["per-call cap"]  # ...but the budget still ends the call
+
+
+def test_a_wrap_up_hangs_up_at_its_grace_on_a_caller_who_never_stops_talking() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    bridge.handle(rt.SpeechStarted(0, "u1"), 8)  # and never a speech_stopped: a long speech, or a noisy line
+    bridge.handle(WrapUp("Close now.", "per-call cap", 3000), 10)
+    bridge.handle(rt.ResponseCreated("resp_bye"), 11)
+    bridge.handle(rt.ResponseDone("resp_bye", "cancelled"), 14)
+    assert of(bridge.handle(Tick(), 3000), HangUp) == []
+    assert [h.reason for h in of(bridge.handle(Tick(), 3010), HangUp)] == ["per-call cap"]
+
+
+def test_a_transfer_waits_for_the_caller_to_finish_speaking() -> None:
+    bridge = make_bridge(transfer_number="+15550001111")
+    start_session(bridge)
+    bridge.handle(rt.FunctionCallReady("resp_greet", "call_1", "transfer_to_human", "{}"), 10)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 11)
+    bridge.handle(rt.ResponseCreated("resp_handoff"), 12)
+    msgs = twilio(deliver_audio(bridge, "resp_handoff", "item_h", 160, 13))
+    bridge.handle(rt.ResponseDone("resp_handoff", "completed"), 14)
+    assert of(bridge.handle(rt.SpeechStarted(0, "u1"), 15), TransferCall) == []  # "thank you so much"
+    done = bridge.handle(MarkAcknowledged(msgs[-1]["mark"]["name"]), 40) + bridge.handle(Tick(), 500)
+    assert of(done, TransferCall) == []
+    done = bridge.handle(rt.SpeechStopped(600, "u1"), 700) + bridge.handle(Tick(), 710)
+    assert [t.number for t in of(done, TransferCall)] == ["+15550001111"]
 
 
 def test_after_a_wrap_up_every_response_is_held_to_the_closing_token_limit() -> None:

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from app.api_fields import MAX_ID, SID_PATTERN
+from app.api_fields import MAX_ID, SID_PATTERN, Text
 from app.archive import review
 from app.archive.models import AuditEntry
 from app.auth.keys import GRANTS, Role, create_api_key, list_keys, require_role, revoke_key, utcnow
@@ -36,7 +36,7 @@ class KeyOut(BaseModel):
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role
-    name: str = Field(min_length=1, max_length=100, description="who or what holds the key")
+    name: Text = Field(min_length=1, max_length=100, description="who or what holds the key")
     grants: list[Literal["transcripts", "talk", "recordings"]] = Field(
         default_factory=list, description=f"extra permissions for an ops key: {', '.join(GRANTS)}"
     )

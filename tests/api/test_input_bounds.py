@@ -74,3 +74,30 @@ async def test_a_decision_instant_out_of_range_or_without_an_offset_is_a_422(adm
         f"/api/v1/campaigns/{cid}/contacts/{contact['id']}/decision", params={"at": "2026-07-01T15:00:00Z"}
     )
     assert fine.status_code == 200, fine.text
+
+
+NUL_BODIES = {
+    "a key's name": ("/api/v1/keys", {"role": "ops", "name": "night\u0000shift"}),
+    "a campaign's extraction schema": (
+        "/api/v1/campaigns",
+        {
+            "name": "c",
+            "purpose": "informational",
+            "subject": "s",
+            "caller_id": "+12125550100",
+            "extraction_schema": {"type": "object", "properties": {"a\u0000b": {"type": "string"}}},
+        },
+    ),
+    "a consent's source": ("/api/v1/consents", {"phone": "+12125550123", "kind": "written", "source": "w\u0000"}),
+    "a DNC number": ("/api/v1/dnc", {"phones": ["+1212555\u00000123"]}),
+}
+
+
+@pytest.mark.parametrize("label", NUL_BODIES)
+async def test_a_nul_in_a_request_bodys_text_is_a_422_problem(admin: httpx.AsyncClient, label: str) -> None:
+    """PostgreSQL cannot store NUL in text (nor as \\u0000 in jsonb): refused before the database sees it.
+    The key's name answered 500 on PostgreSQL (found by the API fuzzing)."""
+    path, body = NUL_BODIES[label]
+    response = await admin.post(path, json=body)
+    assert response.status_code == 422, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/problem+json")

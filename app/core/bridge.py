@@ -240,6 +240,9 @@ class CallBridge(AudioCounters):
         self.ended = False
         self.stopped_hard = False  # ended by a cap's hard stop: no waiting for anything before closing
         self.wrapping_up = False
+        self._closing_instructions: str | None = None
+        self._closing_asks = 0  # closing lines asked for: the first, and at most one more if the caller cut it
+        self._closing_heard: str | None = None  # the closing line's response, once it has been said in full
         self._response_token_limit: int | None = None
         self._turn_stopped_ms: int | None = None
         self._turns = 0  # caller turns (speech stopped), for the per-turn latency stages
@@ -468,8 +471,8 @@ class CallBridge(AudioCounters):
         """The agent item being received; None once its line was written (late events are moot)."""
         item = self._items.get(item_id)
         if item is None:
-            if item_id in self._finished_items:
-                return None
+            if item_id in self._finished_items or response_id in self._muted_responses:
+                return None  # written already, or of a response never played: nothing of it was heard
             item = self._items[item_id] = _AgentItem(item_id, response_id, self._offset(now_ms))
             self._session_items.add(item_id)
         return item
@@ -573,6 +576,8 @@ class CallBridge(AudioCounters):
                 out.append(SendToRealtime(rt.item_truncate(item_id, audio_end_ms)))
             out.append(RecordCallEvent("barge_in", {"item_id": item_id, "audio_end_ms": audio_end_ms}))
             if item is not None:
+                if item.response_id == self._closing_heard:
+                    self._closing_heard = None  # the caller did not hear the closing line out
                 self._muted_responses.add(item.response_id)
                 if not item.finalized:
                     self._emit_agent_line(item, item.text, audio_end_ms, sent_upstream, out)
@@ -611,10 +616,26 @@ class CallBridge(AudioCounters):
 
     def _on_response_created(self, ev: rt.ResponseCreated, now_ms: int) -> list[Command]:
         self._server_response = ev.response_id
-        if self._create_inflight is not None:
-            self._response_instructions[ev.response_id] = self._sent_creates.get(self._create_inflight)
-        self._create_inflight = None
+        inflight, self._create_inflight = self._create_inflight, None
+        ours = inflight is not None
+        if inflight is not None:
+            self._response_instructions[ev.response_id] = self._sent_creates.get(inflight)
         out: list[Command] = []
+        if not ours and self.wrapping_up:
+            # The server answered the caller by itself (turn detection), with the session's limits, not the
+            # closing line's: that answer is cancelled unheard. If the caller cut the closing line short, it is
+            # asked for once more (held to its token limit); else the call ends once the caller has finished.
+            out.append(SendToRealtime(rt.response_cancel(ev.response_id)))
+            self._muted_responses.add(ev.response_id)
+            if (
+                not self.ended
+                and self._closing_heard is None
+                and self._closing_asks < 2
+                and self._closing_instructions not in self._queued_creates
+            ):
+                self._closing_asks += 1
+                self._request_response(self._closing_instructions, out)
+            return out
         self._turn_stage("response_created", now_ms, out)
         return out
 
@@ -628,6 +649,9 @@ class CallBridge(AudioCounters):
             out.append(RecordCallEvent("response_usage", {"response_id": ev.response_id, "usage": ev.usage}))
         calls = self._function_calls.pop(ev.response_id, [])
         instructions = self._response_instructions.pop(ev.response_id, None)
+        said = ev.status == "completed" or (ev.status == "incomplete" and ev.response_id not in self._muted_responses)
+        if self.wrapping_up and said and instructions is not None and instructions == self._closing_instructions:
+            self._closing_heard = ev.response_id  # unless the caller cuts what is still playing of it
         lost = ev.status != "completed" and self._answer_lost(ev) and not self.ended and not self.wrapping_up
         self._failed_in_row = (
             self._failed_in_row + 1 if lost else 0 if ev.status == "completed" else self._failed_in_row
@@ -763,6 +787,8 @@ class CallBridge(AudioCounters):
         if self.ended or self.wrapping_up:
             return out
         self.wrapping_up = True
+        self._closing_instructions = ev.instructions
+        self._closing_asks = 1
         self._response_token_limit = ev.max_output_tokens
         out.append(RecordCallEvent("wrap_up", {"reason": ev.reason}))
         self._request_response(ev.instructions, out)

@@ -438,6 +438,75 @@ def test_a_wrap_up_asks_for_a_closing_line_then_hangs_up_even_if_the_caller_talk
     assert [h.reason for h in of(ended, HangUp)] == ["per-call cap"]  # ...but the budget still ends the call
 
 
+def test_after_a_wrap_up_the_servers_own_answer_is_cancelled_unheard_and_the_closing_line_asked_again() -> None:
+    """Turn detection answers the caller who cut the closing line with the session's limits: that answer
+    is never played nor paid in full, and the closing line (held to its token limit) comes instead."""
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    bridge.handle(WrapUp("Close now.", "per-call cap", 8000, 160), 10)
+    bridge.handle(rt.ResponseCreated("resp_bye"), 11)
+    deliver_audio(bridge, "resp_bye", "item_bye", 320, 12)
+    bridge.handle(rt.SpeechStarted(0, "u1"), 13)  # "but wait, what about my appointment?"
+    bridge.handle(rt.ResponseDone("resp_bye", "cancelled"), 14)
+    bridge.handle(rt.SpeechStopped(900, "u1"), 950)
+    created = bridge.handle(rt.ResponseCreated("resp_auto"), 960)  # the server's own, unasked
+    assert realtime(created) == [{"type": "response.cancel", "response_id": "resp_auto"}]
+    assert twilio(deliver_audio(bridge, "resp_auto", "item_auto", 1600, 965)) == []  # never played...
+    bridge.handle(rt.TranscriptDelta("resp_auto", "item_auto", "Your appointment is"), 966)
+    unsaid = bridge.handle(rt.TranscriptDone("resp_auto", "item_auto", "Your appointment is"), 967)
+    assert of(unsaid, SaveTranscript) == []  # ...nor written as said
+    assert of(bridge.handle(Tick(), 970), HangUp) == []
+    again = realtime(bridge.handle(rt.ResponseDone("resp_auto", "cancelled"), 980))
+    assert [e["response"] for e in again if e["type"] == "response.create"] == [
+        {"output_modalities": ["audio"], "instructions": "Close now.", "max_output_tokens": 160}
+    ]
+    bridge.handle(rt.ResponseCreated("resp_bye_2"), 990)
+    msgs = twilio(deliver_audio(bridge, "resp_bye_2", "item_bye_2", 320, 1000))
+    assert realtime(bridge.handle(rt.ResponseDone("resp_bye_2", "completed"), 1010)) == []  # ours: played
+    ended = [c for m in msgs if m["event"] == "mark" for c in bridge.handle(MarkAcknowledged(m["mark"]["name"]), 1100)]
+    assert [h.reason for h in of(ended, HangUp)] == ["per-call cap"]
+
+
+def test_a_closing_line_said_in_full_is_not_said_again_to_a_caller_who_talked_through_it() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    bridge.handle(rt.SpeechStarted(0, "u1"), 8)  # the caller is talking as the cap is reached
+    bridge.handle(WrapUp("Close now.", "per-call cap", 8000, 160), 10)
+    bridge.handle(rt.ResponseCreated("resp_bye"), 11)
+    msgs = twilio(deliver_audio(bridge, "resp_bye", "item_bye", 320, 12))
+    bridge.handle(rt.AudioDone("resp_bye", "item_bye"), 13)
+    bridge.handle(rt.TranscriptDone("resp_bye", "item_bye", "I must end the call now. Goodbye."), 13)
+    bridge.handle(rt.ResponseDone("resp_bye", "completed"), 14)
+    played = [c for m in msgs if m["event"] == "mark" for c in bridge.handle(MarkAcknowledged(m["mark"]["name"]), 20)]
+    assert of(played, HangUp) == []  # the caller is still talking
+    bridge.handle(rt.SpeechStopped(900, "u1"), 950)
+    created = bridge.handle(rt.ResponseCreated("resp_auto"), 960)
+    assert realtime(created) == [{"type": "response.cancel", "response_id": "resp_auto"}]  # and no second goodbye
+    ended = bridge.handle(rt.ResponseDone("resp_auto", "cancelled"), 980)
+    assert [e["type"] for e in realtime(ended)] == [] and [h.reason for h in of(ended, HangUp)] == ["per-call cap"]
+
+
+def test_a_caller_who_cuts_the_closing_line_twice_is_hung_up_once_they_stop() -> None:
+    bridge = make_bridge()
+    start_session(bridge)
+    bridge.handle(rt.ResponseDone("resp_greet", "completed"), 5)
+    bridge.handle(WrapUp("Close now.", "per-call cap", 8000, 160), 10)
+    creates = 1
+    for n, at in enumerate((100, 2000)):
+        bridge.handle(rt.ResponseCreated(f"resp_bye{n}"), at)
+        deliver_audio(bridge, f"resp_bye{n}", f"item_bye{n}", 320, at + 1)
+        bridge.handle(rt.SpeechStarted(0, f"u{n}"), at + 2)
+        bridge.handle(rt.ResponseDone(f"resp_bye{n}", "cancelled"), at + 3)
+        bridge.handle(rt.SpeechStopped(900, f"u{n}"), at + 900)
+        sent = realtime(bridge.handle(rt.ResponseCreated(f"resp_auto{n}"), at + 910))
+        sent += realtime(ended := bridge.handle(rt.ResponseDone(f"resp_auto{n}", "cancelled"), at + 920))
+        creates += len([e for e in sent if e["type"] == "response.create"])
+    assert creates == 2  # the closing line, and once more
+    assert [h.reason for h in of(ended, HangUp)] == ["per-call cap"]
+
+
 def test_a_wrap_up_hangs_up_at_its_grace_on_a_caller_who_never_stops_talking() -> None:
     bridge = make_bridge()
     start_session(bridge)

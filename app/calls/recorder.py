@@ -4,7 +4,7 @@ Per caller frame and per piece of agent audio, only bytes are appended to a buff
 ``RECORDING_SEGMENT_S`` a part (the stretch older than the hold-back) is encoded off the event loop, losslessly
 (FLAC), and stored under ``{call_sid}/parts/{first sample:010d}.flac``, its first sample counted from the call's
 start, so a node that dies loses what was not stored yet (the hold-back and at most one segment: under a second
-by default), and the node that resumes the call adds its own parts to the same timeline, from its own start.
+by default, plus caller frames still on their way, which a part waits for), and the node that resumes the call adds its own parts to the same timeline, from its own start.
 When the call ends, the parts are joined into ``{call_sid}/recording.ogg`` (Opus, compressed once; silence where
 no part was written, reported as a gap) and removed.
 """

@@ -44,6 +44,9 @@ class CallRecording:
     started_at_ms: int
     holdback_ms: int = 8000
     sample_bytes: int = 2
+    max_caller_lag_ms: int = 1000
+    """A part waits for caller frames still on their way (network jitter) up to this long behind the clock;
+    a caller further behind than that (a stream that stalled) is silence in the part, and the agent goes on."""
     decode: Callable[[bytes], bytes] | None = None
     _caller: bytearray = field(default_factory=bytearray)
     _caller_start: int | None = None
@@ -131,6 +134,10 @@ class CallRecording:
             until = max((self._caller_start or 0) + len(self._caller) // self.sample_bytes, self._busy_until)
         else:
             until = self._at(now_ms - self.holdback_ms)
+            if self._caller_start is not None:  # the caller's frames follow each other: wait for late ones
+                received = self._caller_start + len(self._caller) // self.sample_bytes
+                if until - received <= self.max_caller_lag_ms * self.rate // 1000:
+                    until = min(until, received)
             if hold_from_ms is not None:
                 until = min(until, hold_from_ms * self.rate // 1000)
         if until <= self._taken:

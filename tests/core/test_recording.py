@@ -110,3 +110,32 @@ def test_mu_law_is_kept_as_it_came_and_decoded_only_when_handed_out() -> None:
     samples = whole(rec, 1_000)
     decoded = np.frombuffer(audioop.ulaw2lin(frame, 2), dtype=np.int16)[0]
     assert ms(samples, CALLER, decoded) == [(0, 200)] and ms(samples, AGENT, decoded) == [(100, 150)]
+
+
+def test_caller_frames_that_come_late_to_a_take_are_all_in_the_recording() -> None:
+    """Frames arrive on the network's time, not the caller's: a part taken while the last frames are still on
+    their way waits for them (up to a bound), so no frame is lost and no silence is put in their place."""
+    frames = [np.random.default_rng(n).integers(-3000, 3000, 160, dtype=np.int16).tobytes() for n in range(100)]
+    rec = CallRecording(RATE, started_at_ms=0, holdback_ms=0)
+    pieces = []
+    for n, frame in enumerate(frames):
+        late = 60 if n % 25 >= 20 else 0  # every half second, the last 100 ms of frames arrive 60 ms late
+        arrived = 20 * n + late
+        if n % 25 == 22:  # a part is taken every half second, while those frames are on their way
+            if (chunk := rec.take(arrived - 10)) is not None:
+                pieces.append(chunk.samples)
+        rec.caller(frame, arrived)
+    final = rec.take(2_100, final=True)
+    assert final is not None
+    assert np.concatenate([*pieces, final.samples])[:, CALLER].tobytes() == b"".join(frames)
+
+
+def test_a_caller_who_stops_sending_does_not_hold_the_recording_back_for_long() -> None:
+    rec = CallRecording(RATE, started_at_ms=0, holdback_ms=0)
+    for n in range(10):
+        rec.caller(tone(20, 100), 20 * n)  # 200 ms, then nothing (a stream that stalled)
+    rec.agent(tone(3_000, 7), 200)  # the agent talks on
+    assert (chunk := rec.take(1_000)) is not None and len(chunk.samples) == 200 * RATE // 1000  # waits...
+    later = rec.take(5_000)  # ...but not past the bound: the agent's audio is written, the caller silent
+    assert later is not None and len(later.samples) == (5_000 - 200) * RATE // 1000
+    assert ms(later.samples, AGENT, 7) == [(0, 3_000)] and not later.samples[:, CALLER].any()

@@ -73,8 +73,8 @@ SCHEMA_DOC = (
     "null). Unset: the deployment's (POST_CALL_SCHEMA_FILE, else reason, resolved, callback_requested, sentiment)."
 )
 WEBHOOK_DOC = "Where each call's results are POSTed, signed with webhook_secret. Unset: POST_CALL_WEBHOOK_URL."
-WebhookUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/$.?#][^\s]*$", description=WEBHOOK_DOC)]
-WebhookSecret = Annotated[str, Field(min_length=16, max_length=256, description="the HMAC-SHA256 key (write-only)")]
+WebhookUrl = Annotated[Text, Field(max_length=2048, pattern=r"^https?://[^\s/$.?#][^\s]*$", description=WEBHOOK_DOC)]
+WebhookSecret = Annotated[Text, Field(min_length=16, max_length=256, description="the HMAC-SHA256 key (write-only)")]
 
 
 def _check_results(schema: dict[str, Any] | None, url: str | None, secret: str | None, had_secret: bool) -> None:

@@ -88,6 +88,28 @@ NUL_BODIES = {
             "extraction_schema": {"type": "object", "properties": {"a\u0000b": {"type": "string"}}},
         },
     ),
+    "a campaign's webhook secret": (
+        "/api/v1/campaigns",
+        {
+            "name": "c",
+            "purpose": "informational",
+            "subject": "s",
+            "caller_id": "+12125550100",
+            "webhook_url": "https://results.example.com/hook",
+            "webhook_secret": "s" * 15 + "\u0000",
+        },
+    ),
+    "a campaign's webhook URL": (
+        "/api/v1/campaigns",
+        {
+            "name": "c",
+            "purpose": "informational",
+            "subject": "s",
+            "caller_id": "+12125550100",
+            "webhook_url": "https://results.example.com/h\u0000ok",
+            "webhook_secret": "s" * 16,
+        },
+    ),
     "a consent's source": ("/api/v1/consents", {"phone": "+12125550123", "kind": "written", "source": "w\u0000"}),
     "a DNC number": ("/api/v1/dnc", {"phones": ["+1212555\u00000123"]}),
 }
@@ -96,7 +118,8 @@ NUL_BODIES = {
 @pytest.mark.parametrize("label", NUL_BODIES)
 async def test_a_nul_in_a_request_bodys_text_is_a_422_problem(admin: httpx.AsyncClient, label: str) -> None:
     """PostgreSQL cannot store NUL in text (nor as \\u0000 in jsonb): refused before the database sees it.
-    The key's name answered 500 on PostgreSQL (found by the API fuzzing)."""
+    The key's name and a campaign's webhook secret and URL answered 500 on PostgreSQL (found by the API
+    fuzzing)."""
     path, body = NUL_BODIES[label]
     response = await admin.post(path, json=body)
     assert response.status_code == 422, (response.status_code, response.text)

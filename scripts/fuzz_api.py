@@ -4,11 +4,12 @@
 
 Starts `switchboard serve` on a loopback port (PostgreSQL and real Redis from SWITCHBOARD_TEST_POSTGRES_URL
 and SWITCHBOARD_TEST_REDIS_URL when set, as scripts/test exports them; else SQLite and the in-process
-Redis stand-in), seeds a campaign with a contact and an archived call so the read routes have
-something to find, makes one admin and one ops key, then runs `schemathesis run` with the examples,
-coverage and fuzzing phases and every check (no 5xx, responses that match the document, status codes
-and content types it declares...) once per key. Exits non-zero if any run found a failure; the
-schemathesis reports go to var/fuzz/. docs/API_FUZZING.md has the last full run.
+Redis stand-in), seeds an archived call so the read routes have something to find, makes one admin and one
+ops key, then runs `schemathesis run` with the examples, coverage and fuzzing phases and every check (no 5xx,
+responses that match the document, status codes and content types it declares...) twice per key: once as it
+makes up every value, and once with `campaign_id` and `contact_id` set to a campaign and contact made through
+the API first, so the campaign routes' own logic is fuzzed and not only their 404. Exits non-zero if any run
+found a failure; the schemathesis reports go to var/fuzz/. docs/API_FUZZING.md has the last full run.
 """
 
 from __future__ import annotations
@@ -119,9 +120,33 @@ async def seed(database_url: str) -> tuple[str, str]:
         await engine.dispose()
 
 
-def run_schemathesis(base: str, key: str, label: str, args: argparse.Namespace, reports: Path) -> int:
+def seed_campaign(base: str, key: str, data: Path) -> Path:
+    """A campaign with one contact, made through the API; a schemathesis config that names them."""
+    headers = {"Authorization": f"Bearer {key}"}
+    campaign = httpx.post(f"{base}/api/v1/campaigns", headers=headers, timeout=30, json={
+        "name": "July reminders", "purpose": "informational", "subject": "appointment reminders",
+        "caller_id": "+12125550100", "window_start": "10:00", "window_end": "18:00",
+    })  # fmt: skip
+    campaign.raise_for_status()
+    cid = campaign.json()["id"]
+    imported = httpx.post(f"{base}/api/v1/campaigns/{cid}/contacts", headers=headers, timeout=30, json=[{
+        "phone": "(212) 555-0123", "name": "Ada", "state": "NY", "consent": "written",
+        "consent_at": "2026-05-01T10:00:00Z", "consent_source": "web form",
+    }])  # fmt: skip
+    imported.raise_for_status()
+    (row,) = imported.json()["rows"]
+    config = data / "schemathesis.toml"
+    config.write_text(f"[parameters]\ncampaign_id = {cid}\ncontact_id = {row['contact_id']}\n")
+    return config
+
+
+def run_schemathesis(
+    base: str, key: str, label: str, args: argparse.Namespace, reports: Path, config: Path | None = None
+) -> int:
     command = [
-        str(Path(sys.executable).parent / "schemathesis"), "run", f"{base}/openapi.json",
+        str(Path(sys.executable).parent / "schemathesis"),
+        *(["--config-file", str(config)] if config is not None else []),
+        "run", f"{base}/openapi.json",
         "--phases", "examples,coverage,fuzzing", "--checks", CHECKS, "--exclude-checks", EXCLUDED_CHECKS,
         "--max-examples", str(args.examples),
         "--seed", str(args.seed), "--header", f"Authorization: Bearer {key}", "--request-timeout", "30",
@@ -129,7 +154,7 @@ def run_schemathesis(base: str, key: str, label: str, args: argparse.Namespace, 
         "--report", "junit", "--report-dir", str(reports / label),
         "--exclude-path-regex", "^/twilio/",  # signed by Twilio: every fuzzed request is a 403 there
     ]  # fmt: skip
-    print(f"\n== schemathesis as {label}: {' '.join(command[:3])} ...", flush=True)
+    print(f"\n== schemathesis as {label}: {' '.join(command[: command.index('run') + 2])} ...", flush=True)
     started = time.monotonic()
     rc = subprocess.call(command, cwd=ROOT)
     print(f"== {label}: exit {rc} in {time.monotonic() - started:.0f} s", flush=True)
@@ -189,8 +214,11 @@ def run(args: argparse.Namespace, data: Path, database: str, database_url: str, 
                 return 2
             time.sleep(0.2)
         reports = ROOT / "var" / "fuzz"
-        results = {label: run_schemathesis(base, key, label, args, reports) for label, key in (("admin", admin),
-                                                                                                ("ops", ops))}  # fmt: skip
+        config = seed_campaign(base, admin, data)
+        results = {}
+        for label, key in (("admin", admin), ("ops", ops)):
+            results[label] = run_schemathesis(base, key, label, args, reports)
+            results[f"{label} on a campaign"] = run_schemathesis(base, key, f"{label}-campaign", args, reports, config)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -617,11 +617,10 @@ class CallBridge(AudioCounters):
     def _on_response_created(self, ev: rt.ResponseCreated, now_ms: int) -> list[Command]:
         self._server_response = ev.response_id
         inflight, self._create_inflight = self._create_inflight, None
-        ours = inflight is not None
         if inflight is not None:
             self._response_instructions[ev.response_id] = self._sent_creates.get(inflight)
         out: list[Command] = []
-        if not ours and self.wrapping_up:
+        if inflight is None and self.wrapping_up:
             # The server answered the caller by itself (turn detection), with the session's limits, not the
             # closing line's: that answer is cancelled unheard. If the caller cut the closing line short, it is
             # asked for once more (held to its token limit); else the call ends once the caller has finished.
